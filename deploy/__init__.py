@@ -1,0 +1,1 @@
+"""Fleet tools: signing releases, serving artifacts, pushing updates, fleet status."""

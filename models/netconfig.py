@@ -1,0 +1,24 @@
+"""The network's hyperparameters as one small typed object (no torch here),
+saved as JSON in every checkpoint so export and resume rebuild the model from
+the run folder alone."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.preprocess import PreprocessSpec
+
+__all__ = ["NetConfig"]
+
+
+class NetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int = Field(32, ge=4, le=512, description="channels of the first stage; doubles per stage")
+    depth: int = Field(4, ge=2, le=6, description="number of stride-2 stages")
+    blocks_per_stage: int = Field(1, ge=1, le=4, description="residual blocks after each downsampling")
+    embedding_size: int = Field(128, ge=8, le=4096)
+    input: PreprocessSpec = PreprocessSpec()
+
+    def stage_channels(self) -> list[int]:
+        return [min(self.width * 2**i, 1024) for i in range(self.depth)]

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support import Broker, find_mosquitto, make_product_photos  # noqa: E402
+
+ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+def broker(tmp_path_factory):
+    """A real Mosquitto broker on a free loopback port (function scope)."""
+    if find_mosquitto() is None:
+        if ON_CI:
+            pytest.fail("mosquitto is not installed (CI must install it)")
+        pytest.skip("mosquitto is not installed")
+    b = Broker(tmp_path_factory.mktemp("broker"))
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_catalogue(tmp_path_factory) -> Path:
+    """A small synthetic catalogue tree: 4 items x 3 photos (real JPEGs)."""
+    return make_product_photos(tmp_path_factory.mktemp("catalogue"), n_items=4, per_item=3)

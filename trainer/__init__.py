@@ -1,0 +1,1 @@
+"""Workstation side: training, evaluation, export and indexing (imports torch)."""

@@ -1,0 +1,91 @@
+"""Run folders: weights as safetensors (never pickle), everything else as JSON.
+
+    RUN_DIR/
+      config.json          {"run_id", "net": NetConfig, "train": {...}}  (written once, at start)
+      best.safetensors     model weights with the best validation retrieval (or the last, if none)
+      last.safetensors     model weights at the last save
+      optim.safetensors    optimizer tensors at the last save (for --resume)
+      state.json           step, epoch, best score, optimizer scalars, RNG seeds
+      metrics.jsonl        one JSON object per logged step / validation
+      curves.png           training curves
+
+Export and resume rebuild the model from the run folder alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.bundle import atomic_write_bytes
+from models.errors import KioskError
+from models.netconfig import NetConfig
+from models.network import AutoEncoder
+
+__all__ = ["RunError", "write_config", "read_config", "save_weights", "load_model", "load_run",
+           "save_json", "read_json"]
+
+
+class RunError(KioskError):
+    """A run folder is missing, incomplete or inconsistent."""
+
+
+def save_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing") from None
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path}: unreadable ({exc})") from None
+
+
+def write_config(run_dir: Path, run_id: str, net: NetConfig, train: dict[str, Any]) -> None:
+    save_json(run_dir / "config.json", {"run_id": run_id, "net": net.model_dump(mode="json"), "train": train})
+
+
+def read_config(run_dir: Path) -> tuple[str, NetConfig, dict[str, Any]]:
+    cfg = read_json(Path(run_dir) / "config.json")
+    try:
+        return str(cfg["run_id"]), NetConfig.model_validate(cfg["net"]), dict(cfg.get("train", {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunError(f"{run_dir}/config.json: invalid ({exc})") from None
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """safetensors, written to a temp file and renamed (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_model(run_dir: str | Path, which: str = "best") -> tuple[AutoEncoder, NetConfig, str]:
+    """Rebuild the autoencoder of a run with its ``best`` or ``last`` weights."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: no such run folder")
+    run_id, net, _ = read_config(run_dir)
+    weights = run_dir / f"{which}.safetensors"
+    if not weights.exists() and which == "best":
+        weights = run_dir / "last.safetensors"
+    if not weights.exists():
+        raise RunError(f"{weights}: missing (has the run saved a checkpoint yet?)")
+    model = AutoEncoder(net)
+    try:
+        state = load_file(str(weights))
+        model.load_state_dict(state)
+    except Exception as exc:  # safetensors raises its own error types
+        raise RunError(f"{weights}: cannot load weights ({exc})") from None
+    model.eval()
+    return model, net, run_id
+
+
+load_run = load_model
