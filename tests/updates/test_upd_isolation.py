@@ -1,0 +1,42 @@
+"""No pickle and no torch on the kiosk's update path: a real update runs in a
+fresh interpreter with pickle's loaders booby-trapped, and afterwards neither
+torch nor any pickle call shows up; the update modules' sources say the same."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from edge_runtime.store import BundleStore
+
+REPO = Path(__file__).resolve().parents[2]
+UPDATE_PATH = ["models/signing.py", "models/bundle.py", "edge_runtime/store.py",
+               "edge_runtime/fetch.py", "edge_runtime/updater.py", "edge_runtime/update_commands.py",
+               "edge_runtime/update_config.py", "edge_runtime/matcher.py"]
+
+
+def test_update_in_fresh_interpreter_imports_no_torch_and_unpickles_nothing(broker, tmp_path, site):
+    root = tmp_path / "store"
+    BundleStore(root).init_from(site.root / "v1")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)]),
+           "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(Path(__file__).parent / "upd_isolation_child.py"),
+                          str(broker.port), str(root), str(site.keys.pub), site.url("v2"),
+                          site.sig("v2")], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["last_update"]["state"] == "active", report["last_update"]
+    assert report["active"] == 2
+    assert report["pickle_calls"] == []
+    assert not [m for m in report["modules"] if m == "torch" or m.startswith("torch.")]
+
+
+def test_update_modules_never_unpickle():
+    bad = re.compile(r"^\s*import torch|^\s*from torch|pickle\.loads?\(|allow_pickle\s*=\s*True|"
+                     r"torch\.load|joblib", re.M)
+    hits = {f: bad.findall((REPO / f).read_text()) for f in UPDATE_PATH if (REPO / f).exists()}
+    assert not {f: h for f, h in hits.items() if h}
