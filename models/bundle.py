@@ -20,7 +20,6 @@ built by another encoder is a BundleError naming the file.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from datetime import datetime, timezone
@@ -224,6 +223,10 @@ class ItemsFile(_Strict):
 class Probe(_Strict):
     file: str
     item_id: str
+    # Row of embeddings.npy this probe's bytes were encoded into (a byte copy of
+    # a catalogue photo): lets the device check its encoder reproduces the
+    # stored embeddings, i.e. that the index was built by this encoder.
+    vector: int | None = Field(None, ge=0)
 
     _name = field_validator("file")(classmethod(lambda cls, v: check_artifact_name(v)))
 

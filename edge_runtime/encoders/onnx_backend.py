@@ -1,0 +1,105 @@
+"""ONNX Runtime encoder backend (CPU here; the CUDA provider when present).
+
+The session's input and output shapes are checked against the bundle's
+manifest when it opens, so an encoder for another input size or embedding
+size is a BundleError naming the file, not a shape error on the first frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.encoders.base import check_batch
+from models.errors import BundleError
+from models.preprocess import PreprocessSpec
+
+__all__ = ["OnnxEncoder", "read_onnx_metadata"]
+
+log = logging.getLogger(__name__)
+
+
+def _session(path: Path, threads: int | None, providers: list[str] | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.inter_op_num_threads = 1
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    if providers is None:
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"{path}: ONNX Runtime cannot load the encoder ({msg})") from None
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The model's metadata_props (what `trainer export` stored: input spec,
+    embedding size, run id), read through ONNX Runtime so no torch or onnx
+    package is needed."""
+    sess = _session(Path(path), 1, ["CPUExecutionProvider"])
+    return dict(sess.get_modelmeta().custom_metadata_map)
+
+
+class OnnxEncoder:
+    """An ``EncoderBackend`` over an ONNX Runtime session."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, spec: PreprocessSpec, embedding_size: int,
+                 threads: int | None = None, providers: list[str] | None = None,
+                 max_batch: int = 32) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise BundleError(f"{self.path}: missing encoder")
+        self.spec = spec
+        self.embedding_size = int(embedding_size)
+        self.max_batch = int(max_batch)
+        self._sess = _session(self.path, threads, providers)
+        self.providers = self._sess.get_providers()
+        self._check_io()
+
+    def _check_io(self) -> None:
+        ins, outs = self._sess.get_inputs(), self._sess.get_outputs()
+        if len(ins) != 1 or len(outs) != 1:
+            raise BundleError(f"{self.path}: encoder has {len(ins)} inputs / {len(outs)} outputs, "
+                              "expected 1 / 1")
+        s = self.spec.size
+        ishape, oshape = list(ins[0].shape), list(outs[0].shape)
+        if len(ishape) != 4 or ishape[1:] != [3, s, s]:
+            raise BundleError(f"{self.path}: encoder input {ins[0].name} has shape {ishape}, "
+                              f"manifest says [N, 3, {s}, {s}]")
+        if len(oshape) != 2 or oshape[1] != self.embedding_size:
+            raise BundleError(f"{self.path}: encoder output {outs[0].name} has shape {oshape}, "
+                              f"manifest says [N, {self.embedding_size}]")
+        if ins[0].type != "tensor(float)" or outs[0].type != "tensor(float)":
+            raise BundleError(f"{self.path}: encoder is not float32 in and out "
+                              f"({ins[0].type} -> {outs[0].type})")
+        # A fixed batch dimension (an int) limits what one run call may carry.
+        if isinstance(ishape[0], int) and ishape[0] > 0:
+            self.max_batch = ishape[0]
+        self._in, self._out = ins[0].name, outs[0].name
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        batch = check_batch(batch, self.spec)
+        if len(batch) == 0:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        parts = [self._sess.run([self._out], {self._in: batch[i : i + self.max_batch]})[0]
+                 for i in range(0, len(batch), self.max_batch)]
+        return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+    def warmup(self) -> None:
+        """Run one batch so the first real frame does not pay for allocations."""
+        self.encode(np.zeros((1, 3, self.spec.size, self.spec.size), dtype=np.float32))
+
+    def close(self) -> None:
+        self._sess = None  # ORT frees the session when the last reference goes
+
+    def __repr__(self) -> str:
+        return f"OnnxEncoder({self.path}, providers={self.providers})"

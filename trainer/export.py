@@ -1,0 +1,191 @@
+"""`trainer export RUN_DIR --out BUNDLE_DIR`: the run's encoder (not the
+decoder) as one self-contained ONNX file, checked against PyTorch.
+
+The graph: input "input" float32 NCHW at the run's fixed size with a dynamic
+batch axis, output "embedding" L2-normalised inside the graph, opset 17 (what
+TensorRT 8.5 and 10 both parse), all weights inline (ONNX external-data paths
+have had traversal CVEs). The model's own description (input spec, embedding
+size, run id) goes into the ONNX metadata_props and into ``export.json``,
+which `trainer index` turns into the bundle manifest.
+
+The output folder appears complete or not at all: everything is written to a
+staging folder beside it and renamed into place after the checks pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.bundle import ENCODER, atomic_write_bytes, sha256_file, utc_now_iso
+from models.catalogue import load_catalogue
+from models.errors import ImageError, KioskError
+from models.images import read_image
+from models.indexing import EXPORT_INFO, ExportInfo, commit_dir, staging
+from models.netconfig import NetConfig
+from models.preprocess import preprocess_batch
+from trainer.checkpoint import load_model, read_config
+
+__all__ = ["ExportError", "OPSET", "export_onnx", "check_parity", "export_run"]
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+MAX_ABS_DIFF = 1e-4
+MIN_COSINE = 0.9999
+N_CHECK_IMAGES = 8
+
+
+class ExportError(KioskError):
+    """The exported graph is malformed or disagrees with PyTorch."""
+
+
+def _to_onnx_bytes(encoder: torch.nn.Module, size: int) -> bytes:
+    x = torch.zeros(2, 3, size, size)
+    buf = io.BytesIO()
+    kwargs = dict(input_names=["input"], output_names=["embedding"], opset_version=OPSET,
+                  dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
+                  do_constant_folding=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        try:
+            # The TorchScript exporter gives a clean single-file opset-17 graph.
+            torch.onnx.export(encoder, (x,), buf, dynamo=False, **kwargs)
+        except TypeError:  # an older torch without the dynamo switch
+            torch.onnx.export(encoder, (x,), buf, **kwargs)
+    return buf.getvalue()
+
+
+def export_onnx(encoder: torch.nn.Module, net: NetConfig, run_id: str) -> bytes:
+    """The encoder as checked ONNX bytes with the model's metadata."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    encoder = encoder.eval().cpu().float()
+    with torch.no_grad():
+        model = onnx.load_from_string(_to_onnx_bytes(encoder, net.input.size))
+    onnx.helper.set_model_props(model, {
+        "kiosk.format": "1",
+        "kiosk.run_id": run_id,
+        "kiosk.embedding_size": str(net.embedding_size),
+        "kiosk.input_spec": net.input.model_dump_json(),
+        "kiosk.net_config": net.model_dump_json(),
+    })
+    model.producer_name = "kiosk-trainer"
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"exported graph fails onnx.checker: {exc}") from None
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    if opsets.get("ai.onnx") != OPSET:
+        raise ExportError(f"exported graph has opset {opsets}, expected ai.onnx {OPSET}")
+    if any(uses_external_data(t) for t in model.graph.initializer):
+        raise ExportError("exported graph refers to external data; it must be one file")
+    return model.SerializeToString()
+
+
+def _check_images(check: Path | None, run_dir: Path, size: int) -> tuple[list[np.ndarray], str]:
+    """Real images for the parity check: --check-images, else the catalogue
+    the run was trained on (if its config names one that exists), else noise."""
+    source = check
+    if source is None:
+        _, _, train = read_config(run_dir)
+        for key in ("catalogue", "catalog", "train_catalogue", "data"):
+            val = train.get(key)
+            if isinstance(val, str) and Path(val).exists():
+                source = Path(val)
+                break
+    if source is not None:
+        entries = load_catalogue(source).entries
+        picks = np.unique(np.linspace(0, len(entries) - 1, num=min(N_CHECK_IMAGES, len(entries)))
+                          .astype(int))
+        images = []
+        for i in picks:
+            try:
+                images.append(read_image(entries[i].path))
+            except ImageError as exc:
+                log.warning("parity check: skipping %s", exc)
+        if images:
+            return images, f"{len(images)} real images from {source}"
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (size * 3 // 2, size * 2, 3), dtype=np.uint8)
+              for _ in range(N_CHECK_IMAGES)]
+    return images, (f"{len(images)} synthetic noise images (no real images: pass "
+                    "--check-images CATALOGUE)")
+
+
+def check_parity(encoder: torch.nn.Module, onnx_path: Path, net: NetConfig,
+                 images: list[np.ndarray]) -> dict[str, float | int]:
+    """ONNX Runtime vs PyTorch on the same preprocessed batch, and ONNX
+    Runtime at batch 1 vs the batch (the dynamic axis)."""
+    from edge_runtime.encoders.onnx_backend import OnnxEncoder
+
+    batch = preprocess_batch(images, net.input)
+    with torch.no_grad():
+        ref = encoder.eval()(torch.from_numpy(batch)).numpy()
+    ort = OnnxEncoder(onnx_path, net.input, net.embedding_size, threads=1)
+    got = ort.encode(batch)
+    single = ort.encode(batch[:1])
+    ort.close()
+    cos = np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+    return {"max_abs_diff": float(np.max(np.abs(ref - got))), "min_cosine": float(np.min(cos)),
+            "batch1_max_abs_diff": float(np.max(np.abs(single[0] - got[0]))),
+            "n_images": len(images)}
+
+
+def export_run(run_dir: Path, out: Path, check_images: Path | None = None, force: bool = False,
+               which: str = "best") -> ExportInfo:
+    """Export ``run_dir``'s encoder into the new partial bundle ``out``."""
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ExportError(f"{out}: already exists and is not empty (use --force to replace it)")
+    model, net, run_id = load_model(run_dir, which)
+    images, source = _check_images(check_images, run_dir, net.input.size)
+    data = export_onnx(model.encoder, net, run_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with staging(out) as stage:
+        onnx_path = stage / ENCODER
+        atomic_write_bytes(onnx_path, data)
+        parity = check_parity(model.encoder, onnx_path, net, images)
+        log.info("parity on %s: max abs diff %.3g, min cosine %.7f", source,
+                 parity["max_abs_diff"], parity["min_cosine"])
+        if parity["max_abs_diff"] > MAX_ABS_DIFF or parity["min_cosine"] < MIN_COSINE \
+                or parity["batch1_max_abs_diff"] > MAX_ABS_DIFF:
+            raise ExportError(f"ONNX Runtime disagrees with PyTorch on {source}: max abs diff "
+                              f"{parity['max_abs_diff']:.3g} (limit {MAX_ABS_DIFF}), min cosine "
+                              f"{parity['min_cosine']:.6f} (limit {MIN_COSINE}); nothing written")
+        info = ExportInfo(run_id=run_id, embedding_size=net.embedding_size, input=net.input,
+                          opset=OPSET, encoder_sha256=sha256_file(onnx_path),
+                          parity={**parity, "images": source}, created=utc_now_iso())
+        atomic_write_bytes(stage / EXPORT_INFO, (info.model_dump_json(indent=2) + "\n").encode())
+        commit_dir(stage, out)
+    return info
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a `trainer fit` run folder")
+    p.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR",
+                   help="new bundle folder (encoder.onnx + export.json; `trainer index` completes it)")
+    p.add_argument("--check-images", type=Path, metavar="CATALOGUE",
+                   help="catalogue folder or CSV whose images check ONNX Runtime against PyTorch "
+                        "(default: the run's training catalogue if its config names one, else noise)")
+    p.add_argument("--weights", choices=("best", "last"), default="best",
+                   help="which checkpoint of the run to export (default: best)")
+    p.add_argument("--force", action="store_true", help="replace an existing BUNDLE_DIR")
+
+
+def run(args: argparse.Namespace) -> int:
+    info = export_run(args.run_dir, args.out, args.check_images, args.force, args.weights)
+    par = info.parity
+    print(f"exported {args.run_dir} (run {info.run_id}) -> {args.out / ENCODER}: opset {info.opset}, "
+          f"input [N, 3, {info.input.size}, {info.input.size}], {info.embedding_size}-d embedding")
+    print(f"parity on {par['images']}: max abs diff {par['max_abs_diff']:.3g}, "
+          f"min cosine {par['min_cosine']:.7f}")
+    print(f"next: trainer index {args.out} CATALOGUE")
+    return 0
