@@ -24,7 +24,7 @@ import numpy as np
 
 from edge_runtime.encoders.base import EncoderBackend
 from edge_runtime.search import VectorIndex, check_mode
-from models.bundle import Manifest, load_items, load_probes, verify_bundle
+from models.bundle import Manifest, load_probes, verify_bundle_items
 from models.errors import BundleError, ImageError
 from models.images import read_image
 from models.preprocess import preprocess_batch
@@ -68,7 +68,7 @@ class Matcher:
     def open(cls, bundle_dir: str | Path, encoder: EncoderBackend | None = None,
              threshold: float | None = None, search_mode: str | None = None) -> Matcher:
         root = Path(bundle_dir)
-        m = verify_bundle(root)
+        m, items_file = verify_bundle_items(root)
         own_encoder = encoder is None
         if encoder is None:
             from edge_runtime.encoders.onnx_backend import OnnxEncoder
@@ -80,7 +80,6 @@ class Matcher:
                               f"says {m.input.size}px -> {m.embedding_size}-d")
         index = None
         try:
-            items_file = load_items(root)
             vec_item = np.fromiter((v.item for v in items_file.vectors), dtype=np.int64,
                                    count=len(items_file.vectors))
             index = VectorIndex(root / m.index.file, root / "embeddings.npy", m.index.dim, vec_item,

@@ -37,6 +37,7 @@ __all__ = [
     "ENGINE_DIR", "Artifact", "EncoderInfo", "IndexInfo", "SearchDefaults", "EngineCompat",
     "Compatibility", "Manifest", "ItemsFile", "ProbesFile", "sha256_file", "check_artifact_name",
     "artifact_for", "parse_manifest", "read_manifest", "write_manifest", "verify_bundle",
+    "verify_bundle_items",
     "load_items", "load_probes", "annoy_node_size", "utc_now_iso", "atomic_write_bytes",
 ]
 
@@ -331,6 +332,13 @@ def _npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
 
 def verify_bundle(bundle_dir: str | Path) -> Manifest:
     """Check a bundle folder completely; return its manifest or raise BundleError."""
+    return verify_bundle_items(bundle_dir)[0]
+
+
+def verify_bundle_items(bundle_dir: str | Path) -> tuple[Manifest, ItemsFile]:
+    """``verify_bundle`` that also returns the parsed items.json, so a loader
+    parses it once (at 10k items the parse holds the GIL for ~100 ms, which a
+    hot swap during a running camera loop should pay only once)."""
     root = Path(bundle_dir)
     if not root.is_dir():
         raise BundleError(f"{root}: no such bundle folder")
@@ -362,7 +370,7 @@ def verify_bundle(bundle_dir: str | Path) -> Manifest:
     if len(items.vectors) != m.index.n_vectors or len(items.items) != m.item_count:
         raise BundleError(f"{root / ITEMS}: {len(items.items)} items / {len(items.vectors)} vectors, "
                           f"manifest says {m.item_count} / {m.index.n_vectors}")
-    return m
+    return m, items
 
 
 def load_items(bundle_dir: str | Path) -> ItemsFile:
