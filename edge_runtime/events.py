@@ -1,0 +1,56 @@
+"""Payloads of the kiosk's MQTT messages (schemas in docs/asyncapi.yaml).
+
+Kept as plain functions returning dicts so the tests can validate exactly
+what goes on the wire against the AsyncAPI document.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+__all__ = ["MATCH_SCHEMA", "STATUS_SCHEMA", "METRICS_SCHEMA", "utc_iso", "match_payload",
+           "matches_json"]
+
+MATCH_SCHEMA = "kiosk.match/1"
+STATUS_SCHEMA = "kiosk.status/1"
+METRICS_SCHEMA = "kiosk.metrics/1"
+
+
+def utc_iso(ts: float | None = None) -> str:
+    """UTC ISO 8601 with milliseconds and a Z (3.10-compatible: no datetime.UTC)."""
+    dt = datetime.now(timezone.utc) if ts is None else datetime.fromtimestamp(ts, timezone.utc)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def matches_json(matches: Any, top_k: int | None = None) -> list[dict[str, Any]]:
+    """Ranked matches for subscribers: reserved "no product" items (ids starting
+    with '_') are left out and the ranks renumbered from 1."""
+    real = [m for m in matches if not str(m.item_id).startswith("_")][:top_k]
+    return [{"item_id": str(m.item_id), "name": str(m.name), "score": round(float(m.score), 5),
+             "rank": i} for i, m in enumerate(real, start=1)]
+
+
+def match_payload(*, kiosk_id: str, camera_id: str, frame_index: int, source_ts: float,
+                  latency_ms: float, matches: Any, bundle_version: int, encoder_sha256: str,
+                  backend: str, votes: int, held_s: float, top_k: int | None = None,
+                  event_id: str | None = None) -> dict[str, Any]:
+    """The kiosk.match/1 event. ``event_id`` is fixed once: retries carry the same id."""
+    return {
+        "schema": MATCH_SCHEMA,
+        "event_id": event_id or str(uuid.uuid4()),
+        "kiosk_id": kiosk_id,
+        "camera_id": camera_id,
+        "ts": utc_iso(),
+        "frame_index": int(frame_index),
+        "source_ts": round(float(source_ts), 4),
+        "latency_ms": round(float(latency_ms), 3),
+        "item_id": str(matches[0].item_id),
+        "matches": matches_json(matches, top_k),
+        "bundle_version": int(bundle_version),
+        "encoder_sha256": encoder_sha256,
+        "backend": backend,
+        "votes": int(votes),
+        "held_s": round(float(held_s), 3),
+    }
