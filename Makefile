@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint check-py310 bundle clean
+.PHONY: install demo test lint check-py310 clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,9 +27,13 @@ test: install
 	$(BIN)/ruff check models trainer edge_runtime deploy tests bench examples
 	$(BIN)/vermin --no-tips --violations -t=3.10- --eval-annotations models edge_runtime
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	bash deploy/check-py310.sh
 
 lint: install
 	$(BIN)/ruff check models trainer edge_runtime deploy tests bench examples
 
+check-py310:
+	bash deploy/check-py310.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv310 .pytest_cache .ruff_cache
