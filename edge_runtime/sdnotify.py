@@ -42,8 +42,11 @@ def notify(message: str, socket_path: str | None = None) -> bool:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            # Non-blocking: if systemd is not reading the socket, drop the
+            # message rather than stall the frame loop that calls this.
+            s.setblocking(False)
             s.connect(_address(raw))
-            s.sendall(message.encode())
+            s.send(message.encode())
         return True
     except OSError as exc:
         log.debug("sd_notify to %s failed: %s", raw, exc)
