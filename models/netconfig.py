@@ -14,11 +14,15 @@ __all__ = ["NetConfig"]
 class NetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    width: int = Field(32, ge=4, le=512, description="channels of the first stage; doubles per stage")
+    width: int = Field(16, ge=4, le=512, description="channels of the first stage; doubles per stage")
     depth: int = Field(4, ge=2, le=6, description="number of stride-2 stages")
     blocks_per_stage: int = Field(1, ge=1, le=4, description="residual blocks after each downsampling")
     embedding_size: int = Field(128, ge=8, le=4096)
-    input: PreprocessSpec = PreprocessSpec()
+    colour_bins: int = Field(0, ge=0, le=256, description=(
+        "learned soft colour histogram of the input (0 = off) pooled beside the conv features: "
+        "colour is what tells many products apart, and a histogram ignores where it is"))
+    # 64 px: measured on the 2-core CPU, 64 px trains ~2x faster than 96 px for the same net.
+    input: PreprocessSpec = PreprocessSpec(size=64)
 
     def stage_channels(self) -> list[int]:
         return [min(self.width * 2**i, 1024) for i in range(self.depth)]

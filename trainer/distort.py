@@ -1,0 +1,148 @@
+"""Distortions that model a kiosk camera looking at a hand-held product.
+
+Every view is one perspective warp (scale + crop, rotation, perspective tilt,
+mirror) of a pre-resized catalogue photo, then photometric damage in the
+order a camera applies it: lighting and colour cast, blur (defocus or motion),
+a hand occluding part of the product, sensor noise, JPEG compression.
+
+Pure numpy/OpenCV on uint8 RGB arrays, driven only by the ``np.random.Generator``
+passed in, so the same seed and image give the same view (the training loop
+seeds one generator per (seed, step, image)). ``strength`` scales every
+magnitude and probability (0 = clean centre view, 1 = default, >1 = harsher).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+__all__ = ["distort", "distort_seeded", "clean_view", "DEFAULT_STRENGTH"]
+
+DEFAULT_STRENGTH = 1.0
+_SKIN = np.array([[224, 172, 140], [198, 134, 100], [141, 85, 60], [255, 205, 170]], dtype=np.float32)
+
+
+def clean_view(img: np.ndarray, size: int) -> np.ndarray:
+    """The undistorted view: the pre-resized square photo scaled to ``size``."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _warp(img: np.ndarray, size: int, rng: np.random.Generator, s: float) -> np.ndarray:
+    """Random crop (area 1 .. 1-0.55s), aspect jitter, rotation, perspective, mirror."""
+    h, w = img.shape[:2]
+    area = 1.0 - 0.55 * min(s, 1.2) * rng.random()
+    aspect = math.exp(rng.uniform(-0.25, 0.25) * s)
+    cw = min(w, w * math.sqrt(area * aspect))
+    ch = min(h, h * math.sqrt(area / aspect))
+    cx = rng.uniform(cw / 2, w - cw / 2) if w > cw else w / 2
+    cy = rng.uniform(ch / 2, h - ch / 2) if h > ch else h / 2
+    quad = np.array([[-cw / 2, -ch / 2], [cw / 2, -ch / 2], [cw / 2, ch / 2], [-cw / 2, ch / 2]])
+    ang = math.radians(rng.uniform(-25, 25) * s)
+    rot = np.array([[math.cos(ang), -math.sin(ang)], [math.sin(ang), math.cos(ang)]])
+    quad = quad @ rot.T + rng.uniform(-0.08, 0.08, size=(4, 2)) * s * np.array([cw, ch])
+    quad += np.array([cx, cy])
+    dst = np.array([[0, 0], [size - 1, 0], [size - 1, size - 1], [0, size - 1]], dtype=np.float32)
+    if rng.random() < 0.5 * min(s, 1.0):
+        dst = dst[[1, 0, 3, 2]]  # mirror (some kiosk cameras flip the image)
+    m = cv2.getPerspectiveTransform(quad.astype(np.float32), dst)
+    return cv2.warpPerspective(img, m, (size, size), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT_101)
+
+
+def _lighting(x: np.ndarray, rng: np.random.Generator, s: float) -> np.ndarray:
+    """Exposure, contrast, saturation, colour cast (white balance), gamma, a soft shadow."""
+    gain = math.exp(rng.uniform(-0.35, 0.3) * s)
+    cast = np.exp(rng.uniform(-0.12, 0.12, size=3) * s).astype(np.float32)
+    x = x * (gain * cast)
+    mean = x.mean()
+    x = (x - mean) * math.exp(rng.uniform(-0.3, 0.25) * s) + mean
+    grey = x.mean(axis=2, keepdims=True)
+    x = grey + (x - grey) * math.exp(rng.uniform(-0.45, 0.3) * s)
+    if rng.random() < 0.4 * s:  # light falls off across the product
+        n = x.shape[0]
+        t = np.linspace(-1, 1, n, dtype=np.float32)
+        a = rng.uniform(0, 2 * math.pi)
+        ramp = 1.0 + 0.25 * s * rng.uniform(0.3, 1) * (math.cos(a) * t[None, :] + math.sin(a) * t[:, None])
+        x = x * ramp[:, :, None]
+    x = np.clip(x, 0, 255)
+    gamma = math.exp(rng.uniform(-0.25, 0.25) * s)
+    return 255.0 * (x / 255.0) ** gamma
+
+
+def _blur(x: np.ndarray, rng: np.random.Generator, s: float) -> np.ndarray:
+    n = x.shape[0]
+    if rng.random() < 0.5:  # defocus
+        sigma = rng.uniform(0.3, 1.2) * s * n / 64
+        return cv2.GaussianBlur(x, (0, 0), sigma) if sigma > 0.1 else x
+    length = max(2, int(round(rng.uniform(2, 7) * s * n / 64)))  # motion while held up
+    k = np.zeros((length, length), np.float32)
+    a = rng.uniform(0, math.pi)
+    c, d = (length - 1) / 2, (length - 1) / 2
+    p0 = (int(round(c - d * math.cos(a))), int(round(c - d * math.sin(a))))
+    p1 = (int(round(c + d * math.cos(a))), int(round(c + d * math.sin(a))))
+    cv2.line(k, p0, p1, 1.0, 1)
+    return cv2.filter2D(x, -1, k / max(k.sum(), 1.0), borderType=cv2.BORDER_REFLECT_101)
+
+
+def _hand(x: np.ndarray, rng: np.random.Generator, s: float) -> np.ndarray:
+    """A skin-toned palm with fingers reaching in from one edge (up to ~25% of the view)."""
+    n = x.shape[0]
+    mask = np.zeros((n, n), np.uint8)
+    side = int(rng.integers(4))
+    depth = rng.uniform(0.12, 0.3) * min(s, 1.5) * n
+    along = rng.uniform(0.2, 0.8) * n
+    palm_c = (int(along), int(-n * 0.05))
+    cv2.ellipse(mask, palm_c, (int(n * 0.22), int(depth)), 0, 0, 360, 255, -1)
+    for f in range(int(rng.integers(2, 5))):
+        fx = int(along + (f - 1.5) * n * 0.09 + rng.uniform(-2, 2))
+        cv2.ellipse(mask, (fx, int(depth)), (max(1, int(n * 0.04)), int(depth * rng.uniform(0.4, 0.9))),
+                    rng.uniform(-15, 15), 0, 360, 255, -1)
+    mask = np.rot90(mask, side).copy()
+    mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, n / 96)).astype(np.float32)[:, :, None] / 255.0
+    skin = _SKIN[int(rng.integers(len(_SKIN)))] * rng.uniform(0.7, 1.1)
+    shade = 1.0 - 0.25 * np.linspace(0, 1, n, dtype=np.float32)[None, :, None]
+    return x * (1 - mask) + skin * shade * mask
+
+
+def _noise(x: np.ndarray, rng: np.random.Generator, s: float) -> np.ndarray:
+    """Shot noise grows with brightness, read noise does not."""
+    read = rng.uniform(1, 6) * s
+    shot = rng.uniform(0, 0.6) * s
+    sigma = np.sqrt(read**2 + shot**2 * np.clip(x, 0, 255))
+    return x + rng.standard_normal(x.shape, dtype=np.float32) * sigma
+
+
+def _jpeg(x: np.ndarray, rng: np.random.Generator, s: float) -> np.ndarray:
+    q = int(np.clip(95 - rng.uniform(0, 60) * s, 15, 95))
+    ok, buf = cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, q])
+    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else x
+
+
+def distort(img: np.ndarray, size: int, rng: np.random.Generator,
+            strength: float = DEFAULT_STRENGTH) -> np.ndarray:
+    """One camera-like view of ``img`` (HxWx3 uint8, any channel order) at ``size`` x ``size``."""
+    s = float(strength)
+    if s <= 0:
+        return clean_view(img, size)
+    x = _warp(img, size, rng, s).astype(np.float32)
+    x = _lighting(x, rng, s)
+    if rng.random() < min(0.5 * s, 0.9):
+        x = _blur(x, rng, s)
+    if rng.random() < min(0.3 * s, 0.6):
+        x = _hand(x, rng, s)
+    x = _noise(x, rng, s)
+    out = np.clip(x, 0, 255).astype(np.uint8)
+    if rng.random() < min(0.4 * s, 0.8):
+        out = _jpeg(out, rng, s)
+    return out
+
+
+def distort_seeded(img: np.ndarray, size: int, seed: int | tuple[int, ...],
+                   strength: float = DEFAULT_STRENGTH) -> np.ndarray:
+    """``distort`` with a fresh generator: same seed + image -> same view."""
+    key = list(seed) if isinstance(seed, tuple) else [int(seed)]
+    return distort(img, size, np.random.default_rng(key), strength)

@@ -1,0 +1,314 @@
+"""`trainer fit CATALOGUE --out RUN_DIR`: train the encoder.
+
+Objectives (``--objective``): ``default`` = denoising reconstruction on every
+image + a cosine-margin classifier on labelled images + view invariance
+between two distorted views; ``ae`` = the plain denoising autoencoder
+(distorted in, clean out); ``metric`` = default without reconstruction.
+``--w-recon/--w-metric/--w-inv`` override the weights.
+
+Bad input is found before RUN_DIR is created; every file in it is written
+atomically, so an interrupted run leaves a resumable folder, never a torn
+file. Multi-process: ``torchrun --nproc_per_node N -m trainer.cli fit ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from models.catalogue import load_catalogue
+from models.errors import ConfigError
+from models.netconfig import NetConfig
+from models.network import AutoEncoder
+from models.preprocess import PreprocessSpec
+from trainer import checkpoint as ck
+from trainer.data import load_image_set, split_val
+from trainer.ddp import Dist, setup, teardown
+from trainer.loop import LoopConfig, Trainer, TrainHooks
+from trainer.losses import OBJECTIVES
+
+__all__ = ["add_arguments", "run"]
+
+log = logging.getLogger("trainer.fit")
+NET_DEFAULTS = NetConfig()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("catalogue", help="catalogue folder tree or CSV path,item_id[,name]")
+    p.add_argument("--out", required=True, help="run folder to create (or continue with --resume)")
+    p.add_argument("--objective", choices=sorted(OBJECTIVES), default="default")
+    p.add_argument("--unlabelled", action="append", default=[], metavar="DIR",
+                   help="folder of unlabelled images (reconstruction + invariance only); repeatable")
+    p.add_argument("--minutes", type=float,
+                   help="wall-clock budget; with --resume the total, time already spent included")
+    p.add_argument("--epochs", type=float,
+                   help="epochs in total (default 30 when --minutes is not given)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last save")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="per process")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--w-recon", type=float, help="weight of the reconstruction term")
+    p.add_argument("--w-metric", type=float, help="weight of the cosine-margin classifier term")
+    p.add_argument("--w-inv", type=float, help="weight of the view-invariance term")
+    p.add_argument("--margin", type=float, default=0.2, help="cosine margin of the classifier")
+    p.add_argument("--scale", type=float, default=16.0, help="logit scale of the classifier")
+    p.add_argument("--strength", type=float, default=1.0, help="distortion strength (0 = none)")
+    p.add_argument("--val-fraction", type=float, default=0.05,
+                   help="share of each item's photos held out to pick the best checkpoint")
+    p.add_argument("--val-every", type=float, default=120.0, help="seconds between validations")
+    p.add_argument("--save-every", type=float, default=120.0, help="seconds between checkpoints")
+    p.add_argument("--log-every", type=float, default=10.0, help="seconds between metrics.jsonl lines")
+    g = p.add_argument_group("network (new runs only)")
+    g.add_argument("--size", type=int, default=NET_DEFAULTS.input.size, help="input side in pixels")
+    g.add_argument("--width", type=int, default=NET_DEFAULTS.width)
+    g.add_argument("--depth", type=int, default=NET_DEFAULTS.depth)
+    g.add_argument("--blocks", type=int, default=NET_DEFAULTS.blocks_per_stage)
+    g.add_argument("--embedding-size", type=int, default=NET_DEFAULTS.embedding_size)
+    g.add_argument("--colour-bins", type=int, default=NET_DEFAULTS.colour_bins,
+                   help="bins of the learned colour histogram branch (0 = off)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _check_args(a: argparse.Namespace) -> None:
+    bad = [(n, v) for n, v in (("--minutes", a.minutes), ("--epochs", a.epochs), ("--batch-size", a.batch_size),
+                               ("--lr", a.lr)) if v is not None and v <= 0]
+    if bad:
+        raise ConfigError(f"{bad[0][0]} must be positive, got {bad[0][1]}")
+    if not 0 <= a.val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {a.val_fraction}")
+    for n in ("w_recon", "w_metric", "w_inv"):
+        v = getattr(a, n)
+        if v is not None and v < 0:
+            raise ConfigError(f"--{n.replace('_', '-')} must be >= 0, got {v}")
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    if resume:
+        for name in ("config.json", "state.json", "last.safetensors", "optim.safetensors"):
+            if not (out / name).is_file():
+                raise ck.RunError(f"{out}: cannot resume, {name} is missing (not a run folder?)")
+        return
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if (out / "config.json").exists():
+            raise ConfigError(f"--out {out}: already holds a run (add --resume to continue it)")
+        raise ConfigError(f"--out {out}: folder exists and is not empty")
+
+
+def _net_from_args(a: argparse.Namespace) -> NetConfig:
+    try:
+        return NetConfig(width=a.width, depth=a.depth, blocks_per_stage=a.blocks,
+                         embedding_size=a.embedding_size, colour_bins=a.colour_bins, input=PreprocessSpec(size=a.size))
+    except ValueError as exc:
+        raise ConfigError(f"bad network flags: {exc.errors()[0]['loc'][-1]}: "
+                          f"{exc.errors()[0]['msg']}") from None
+
+
+def _loop_config(a: argparse.Namespace) -> LoopConfig:
+    wr, wm, wi = OBJECTIVES[a.objective]
+    epochs = a.epochs if (a.epochs is not None or a.minutes is not None) else 30.0
+    return LoopConfig(
+        batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+        w_recon=wr if a.w_recon is None else a.w_recon, w_metric=wm if a.w_metric is None else a.w_metric,
+        w_inv=wi if a.w_inv is None else a.w_inv, scale=a.scale, margin=a.margin, strength=a.strength,
+        epochs=epochs, minutes=a.minutes, seed=a.seed, val_every_s=a.val_every,
+        save_every_s=a.save_every, log_every_s=a.log_every, progress=not a.no_progress)
+
+
+# What a resumed run takes from the command line; everything else (objective,
+# weights, lr, seed, batch size, distortion) continues as saved.
+_RESUME_OVERRIDES = ("epochs", "minutes", "val_every_s", "save_every_s", "log_every_s", "progress")
+
+
+def _resumed_config(saved: dict, given: LoopConfig) -> LoopConfig:
+    loop = dict(saved.get("loop", {}))
+    known = {k: v for k, v in loop.items() if k in LoopConfig.__dataclass_fields__}
+    cfg = LoopConfig(**known)
+    for k in _RESUME_OVERRIDES:
+        setattr(cfg, k, getattr(given, k))
+    return cfg
+
+
+class FitHooks(TrainHooks):
+    """Checkpoints, metrics.jsonl, curves.png and the progress bar (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, d: Dist, progress: bool) -> None:
+        self.run_dir, self.d = run_dir, d
+        self.bar = None
+        if d.main and progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, desc="fit", unit="‰", file=sys.stderr,
+                            mininterval=0.5 if sys.stderr.isatty() else 10.0, leave=True,
+                            bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+        self.last_val: float | None = None
+        self.saved = False
+
+    def _append(self, obj: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(obj) + "\n")
+
+    def on_step(self, tr: Trainer, progress: float, losses: dict, rate: float, lr: float) -> None:
+        if self.bar is not None:
+            self.bar.n = min(1000, int(progress * 1000))
+            post = {"loss": f"{losses.get('loss', 0):.3f}", "img/s": f"{rate:.0f}", "ep": tr.epoch}
+            if self.last_val is not None:
+                post["val@1"] = f"{self.last_val:.3f}"
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.update(0)
+
+    def log_train(self, tr: Trainer, losses: dict, rate: float, lr: float) -> None:
+        if self.d.main:
+            self._append({"kind": "train", "step": tr.step, "epoch": tr.epoch, "lr": lr,
+                          "img_per_s": round(rate, 1), "time": round(time.time(), 1),
+                          **{k: round(v, 5) for k, v in losses.items()}})
+
+    def validate(self, tr: Trainer) -> None:
+        if not self.d.main:
+            return
+        score = tr.validate()
+        if score is None:
+            return
+        self.last_val = score
+        self._append({"kind": "val", "step": tr.step, "epoch": tr.epoch, "val_top1": score})
+        if tr.best is None or score > tr.best:
+            tr.best = score
+            ck.save_weights(self.run_dir / "best.safetensors", tr.model.state_dict())
+            tr.extra_best_step = tr.step
+
+    def save(self, tr: Trainer, elapsed: float) -> None:
+        if not self.d.main:
+            return
+        rd = self.run_dir
+        ck.save_weights(rd / "last.safetensors", tr.model.state_dict())
+        ck.save_weights(rd / "optim.safetensors", _optim_tensors(tr))
+        if len(tr.val_idx) == 0 or tr.best is None:
+            ck.save_weights(rd / "best.safetensors", tr.model.state_dict())
+        ck.save_json(rd / "state.json", {
+            "step": tr.step, "epoch": tr.epoch, "elapsed_s": round(elapsed, 2), "best_val_top1": tr.best,
+            "best_step": getattr(tr, "extra_best_step", None), "steps_per_epoch": tr.steps_per_epoch,
+            "optimizer": {"param_groups": [{k: v for k, v in g.items() if k != "params"}
+                                           for g in tr.opt.state_dict()["param_groups"]]},
+            "grad_scaler": {k: float(v) for k, v in tr.scaler.state_dict().items()
+                            if isinstance(v, (int, float))}})
+        self.saved = True
+        if (rd / "metrics.jsonl").exists():
+            from trainer.sheets import plot_curves
+
+            plot_curves(rd / "metrics.jsonl", rd / "curves.png")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _optim_tensors(tr: Trainer) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for i, st in tr.opt.state_dict()["state"].items():
+        for k, v in st.items():
+            out[f"state.{i}.{k}"] = torch.as_tensor(v).reshape(-1).clone()
+    if tr.module.head is not None:
+        out["head.weight"] = tr.module.head.weight.detach().clone()
+    return out
+
+
+def _restore(tr: Trainer, run_dir: Path, state: dict) -> None:
+    tensors = load_file(str(run_dir / "optim.safetensors"))
+    tr.model.load_state_dict(load_file(str(run_dir / "last.safetensors")))
+    if tr.module.head is not None and "head.weight" in tensors:
+        tr.module.head.weight.data.copy_(tensors["head.weight"])
+    sd = tr.opt.state_dict()
+    params = [p for g in tr.opt.param_groups for p in g["params"]]
+    st: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith("state."):
+            _, i, k = key.split(".", 2)
+            p = params[int(i)]
+            st.setdefault(int(i), {})[k] = v.reshape(()) if k == "step" else v.reshape(p.shape).to(p.device)
+    groups = state.get("optimizer", {}).get("param_groups", [])
+    sd = {"state": st, "param_groups": [{**g, **saved} for g, saved in zip(sd["param_groups"], groups, strict=False)]
+          or sd["param_groups"]}
+    tr.opt.load_state_dict(sd)
+    tr.step = int(state["step"])
+    tr.elapsed_before = float(state.get("elapsed_s", 0.0))
+    tr.best = state.get("best_val_top1")
+    tr.extra_best_step = state.get("best_step")
+    if state.get("grad_scaler") and tr.amp:
+        tr.scaler.load_state_dict(state["grad_scaler"])
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    out = Path(args.out)
+    _check_out(out, args.resume)
+    cat = load_catalogue(args.catalogue)
+    d = setup(args.device)
+    try:
+        return _fit(args, out, cat, d)
+    finally:
+        teardown(d)
+
+
+def _fit(args: argparse.Namespace, out: Path, cat, d: Dist) -> int:
+    torch.manual_seed(args.seed + d.rank)
+    if d.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ and d.world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // d.world))
+    cfg = _loop_config(args)
+    if args.resume:
+        run_id, net, saved = ck.read_config(out)
+        item_ids = saved.get("item_ids", [])
+        state = ck.read_json(out / "state.json")
+        cfg = _resumed_config(saved, cfg)
+        unlabelled = args.unlabelled or saved.get("unlabelled", [])
+    else:
+        run_id, net, item_ids, state = uuid.uuid4().hex[:12], _net_from_args(args), None, None
+        unlabelled = args.unlabelled
+    data = load_image_set(cat, net.input, unlabelled=unlabelled, item_ids=item_ids)
+    if data.skipped:
+        log.warning("skipped %d unreadable image(s), first: %s", len(data.skipped), data.skipped[0])
+    train_idx, val_idx = split_val(data.labels, args.val_fraction, args.seed)
+    model = AutoEncoder(net)
+    tr = Trainer(model, data, train_idx, val_idx, cfg, d)
+    created = False
+    if d.main and not args.resume:
+        out.mkdir(parents=True, exist_ok=True)
+        created = True
+        ck.write_config(out, run_id, net, {
+            "objective": args.objective, "catalogue": str(args.catalogue), "item_ids": data.item_ids,
+            "unlabelled": [str(u) for u in unlabelled], "images": len(data),
+            "train_images": len(train_idx), "val_images": len(val_idx), "world_size": d.world,
+            "loop": {k: v for k, v in vars(cfg).items() if k != "extra"}})
+    d.barrier()
+    if state is not None:
+        _restore(tr, out, state)
+    hooks = FitHooks(out, d, cfg.progress)
+    if d.main:
+        log.info("run %s: %d images (%d train, %d val, %d items), %d steps/epoch, device %s x%d",
+                 run_id, len(data), len(train_idx), len(val_idx), len(data.item_ids),
+                 tr.steps_per_epoch, d.device, d.world)
+    try:
+        step = tr.run(hooks)
+    except BaseException:
+        hooks.close()
+        if created and not hooks.saved:
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no half-run
+        raise
+    hooks.close()
+    d.barrier()
+    if d.main:
+        print(json.dumps({"run_dir": str(out), "run_id": run_id, "step": step, "epochs": round(
+            step / tr.steps_per_epoch, 2), "best_val_top1": tr.best, "elapsed_s": round(tr.elapsed_before, 1)}))
+    return 0

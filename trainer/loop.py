@@ -1,0 +1,295 @@
+"""The training loop behind `trainer fit` (the CLI is trainer/fit.py).
+
+Each step: a batch of photos from the in-memory cache, two distorted views
+each (made by a background thread, so OpenCV work overlaps the network), one
+encoder pass over both views, then the weighted objective of trainer.losses.
+Schedule, stopping and checkpoints follow one "progress" number in [0, 1]:
+max(step / total steps, elapsed / time budget), agreed by all DDP ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.network import AutoEncoder
+from trainer.data import ImageSet, batches
+from trainer.ddp import Dist
+from trainer.distort import clean_view, distort
+from trainer.embed import _normalise, embed_uint8
+from trainer.losses import CosineMarginHead, cosine_margin_loss, invariance, reconstruction
+from trainer.retrieval_metrics import top_k_accuracy
+
+__all__ = ["LoopConfig", "Trainer", "lr_at"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopConfig:
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.03
+    w_recon: float = 0.5
+    w_metric: float = 1.0
+    w_inv: float = 1.0
+    scale: float = 16.0
+    margin: float = 0.2
+    strength: float = 1.0
+    epochs: float | None = None
+    minutes: float | None = None
+    seed: int = 0
+    val_every_s: float = 120.0
+    save_every_s: float = 120.0
+    log_every_s: float = 10.0
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def lr_at(progress: float, base: float, warmup: float) -> float:
+    """Linear warm-up then cosine decay to 1% of ``base``."""
+    if progress < warmup:
+        return base * max(progress / warmup, 0.01)
+    t = min(1.0, (progress - warmup) / max(1e-9, 1.0 - warmup))
+    return base * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+class TrainModule(nn.Module):
+    """Autoencoder + optional classifier head; forward returns the loss terms."""
+
+    def __init__(self, model: AutoEncoder, head: CosineMarginHead | None, cfg: LoopConfig) -> None:
+        super().__init__()
+        self.model, self.head, self.cfg = model, head, cfg
+
+    def two_views(self) -> bool:
+        return self.cfg.w_inv > 0 or self.cfg.w_metric > 0
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor | None, clean: torch.Tensor,
+                labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        x = v1 if v2 is None else torch.cat([v1, v2])
+        fmap = self.model.encoder.feature_map(x)
+        emb = nn.functional.normalize(self.model.encoder.embed(fmap).float(), dim=1)
+        n = v1.shape[0]
+        parts: dict[str, torch.Tensor] = {}
+        if c.w_recon > 0:
+            parts["loss_recon"] = reconstruction(self.model.decoder(fmap[:n]), clean)
+        if c.w_metric > 0 and self.head is not None:
+            labs = labels if v2 is None else torch.cat([labels, labels])
+            parts["loss_metric"] = cosine_margin_loss(self.head(emb), labs, c.scale, c.margin)
+        if c.w_inv > 0 and v2 is not None:
+            parts["loss_inv"] = invariance(emb[:n], emb[n:])
+        weights = {"loss_recon": c.w_recon, "loss_metric": c.w_metric, "loss_inv": c.w_inv}
+        parts["loss"] = sum(weights[k] * v for k, v in parts.items())
+        return parts
+
+
+@dataclass
+class Batch:
+    step: int
+    epoch: int
+    v1: torch.Tensor
+    v2: torch.Tensor | None
+    clean: torch.Tensor
+    labels: torch.Tensor
+
+
+class Prefetcher:
+    """Makes batches on a background thread (OpenCV releases the GIL)."""
+
+    def __init__(self, make: Iterator[Batch], depth: int = 3) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, args=(make,), daemon=True)
+        self._t.start()
+
+    def _run(self, make: Iterator[Batch]) -> None:
+        try:
+            for b in make:
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(b, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as exc:  # surfaced in the training thread
+            self._q.put(exc)
+
+    def get(self) -> Batch:
+        item = self._q.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(timeout=5)
+
+
+class Trainer:
+    """Owns model, optimizer and data for one process; ``run`` trains until
+    the budget is spent and returns the final step."""
+
+    def __init__(self, model: AutoEncoder, data: ImageSet, train_idx: np.ndarray,
+                 val_idx: np.ndarray, cfg: LoopConfig, d: Dist) -> None:
+        self.model, self.data, self.cfg, self.d = model, data, cfg, d
+        self.train_idx, self.val_idx = train_idx, val_idx
+        self.spec = model.cfg.input
+        n_classes = len(data.item_ids)
+        has_labels = bool((data.labels[train_idx] >= 0).any())
+        head = CosineMarginHead(model.cfg.embedding_size, n_classes) if (
+            cfg.w_metric > 0 and n_classes > 0 and has_labels) else None
+        self.module = TrainModule(model, head, cfg).to(d.device, memory_format=torch.channels_last)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        self.amp = d.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.ddp_module: nn.Module = self.module
+        if d.active:
+            unused = head is None or cfg.w_recon == 0 or not self.module.two_views()
+            self.ddp_module = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+                find_unused_parameters=unused)
+        self.step, self.epoch, self.elapsed_before = 0, 0, 0.0
+        self.best: float | None = None
+        self.steps_per_epoch = sum(1 for _ in batches(len(train_idx), cfg.batch_size, 0, 0, d.rank, d.world))
+
+    # -- data -------------------------------------------------------------
+    def _views(self, step: int, idx: np.ndarray) -> Batch:
+        size, s, seed = self.spec.size, self.cfg.strength, self.cfg.seed
+        two = self.module.two_views()
+        imgs = self.data.images[self.train_idx[idx]]
+        v1 = np.stack([distort(im, size, np.random.default_rng([seed, step, self.d.rank, i, 1]), s)
+                       for i, im in enumerate(imgs)])
+        v2 = np.stack([distort(im, size, np.random.default_rng([seed, step, self.d.rank, i, 2]), s)
+                       for i, im in enumerate(imgs)]) if two else None
+        clean = np.stack([clean_view(im, size) for im in imgs])
+        labels = torch.from_numpy(self.data.labels[self.train_idx[idx]])
+
+        def t(a: np.ndarray) -> torch.Tensor:
+            return _normalise(torch.from_numpy(a), self.spec)
+
+        return Batch(step, 0, t(v1), t(v2) if v2 is not None else None, t(clean), labels)
+
+    def _stream(self, start_step: int) -> Iterator[Batch]:
+        step = start_step
+        epoch, offset = divmod(start_step, self.steps_per_epoch)
+        while True:
+            it = batches(len(self.train_idx), self.cfg.batch_size, self.cfg.seed, epoch,
+                         self.d.rank, self.d.world)
+            for j, idx in enumerate(it):
+                if j < offset:
+                    continue
+                b = self._views(step, idx)
+                b.epoch = epoch
+                yield b
+                step += 1
+            epoch, offset = epoch + 1, 0
+
+    # -- validation -------------------------------------------------------
+    def validate(self) -> float | None:
+        """Top-1 by item of held-out photos against the training photos (clean views)."""
+        if len(self.val_idx) == 0 or not self.d.main:
+            return None
+        size = self.spec.size
+        lab_train = self.train_idx[self.data.labels[self.train_idx] >= 0]
+        if len(lab_train) == 0:
+            return None
+        enc = self.model.encoder
+
+        def emb(ix: np.ndarray) -> np.ndarray:
+            return embed_uint8(enc, np.stack([clean_view(self.data.images[i], size) for i in ix]),
+                               self.spec, self.d.device)
+
+        sim = emb(self.val_idx) @ emb(lab_train).T
+        return top_k_accuracy(sim, self.data.labels[self.val_idx], self.data.labels[lab_train], 1)
+
+    # -- the loop ---------------------------------------------------------
+    def progress(self, elapsed: float) -> float:
+        c = self.cfg
+        p = 0.0
+        if c.epochs is not None:
+            p = max(p, self.step / max(1.0, c.epochs * self.steps_per_epoch))
+        if c.minutes is not None:
+            p = max(p, elapsed / max(1e-6, c.minutes * 60.0))
+        return p
+
+    def run(self, hooks: TrainHooks) -> int:
+        c = self.cfg
+        t0 = time.monotonic()
+        last_val = last_save = last_log = t0
+        seen, t_rate, sums, n_sums = 0, t0, {}, 0
+        self.module.train()
+        pre = Prefetcher(self._stream(self.step))
+        try:
+            while True:
+                elapsed = self.d.max_float(self.elapsed_before + time.monotonic() - t0)
+                p = self.progress(elapsed)
+                if p >= 1.0:
+                    break
+                b = pre.get()
+                self.epoch = b.epoch
+                lr = lr_at(p, c.lr, c.warmup)
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                dev = self.d.device
+                with torch.autocast(dev.type, dtype=torch.float16, enabled=self.amp):
+                    parts = self.ddp_module(b.v1.to(dev), None if b.v2 is None else b.v2.to(dev),
+                                            b.clean.to(dev), b.labels.to(dev))
+                self.opt.zero_grad(set_to_none=True)
+                self.scaler.scale(parts["loss"]).backward()
+                self.scaler.step(self.opt)
+                self.scaler.update()
+                self.step += 1
+                seen += len(b.labels) * self.d.world
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                n_sums += 1
+                now = time.monotonic()
+                rate = seen / max(1e-6, now - t_rate)
+                hooks.on_step(self, p, {k: v / n_sums for k, v in sums.items()}, rate, lr)
+                if now - last_log >= c.log_every_s:
+                    hooks.log_train(self, {k: v / n_sums for k, v in sums.items()}, rate, lr)
+                    sums, n_sums, last_log = {}, 0, now
+                if now - last_val >= c.val_every_s:
+                    hooks.validate(self)
+                    last_val = time.monotonic()
+                if now - last_save >= c.save_every_s:
+                    hooks.save(self, self.elapsed_before + now - t0)
+                    last_save = time.monotonic()
+        finally:
+            pre.close()
+        self.elapsed_before += time.monotonic() - t0
+        if n_sums:
+            hooks.log_train(self, {k: v / n_sums for k, v in sums.items()}, seen / max(1e-6, time.monotonic() - t_rate), 0.0)
+        hooks.validate(self)
+        hooks.save(self, self.elapsed_before)
+        return self.step
+
+
+class TrainHooks:
+    """Side effects of the loop (progress bar, metrics file, checkpoints), see trainer.fit."""
+
+    def on_step(self, tr: Trainer, progress: float, losses: dict, rate: float, lr: float) -> None: ...
+
+    def log_train(self, tr: Trainer, losses: dict, rate: float, lr: float) -> None: ...
+
+    def validate(self, tr: Trainer) -> None: ...
+
+    def save(self, tr: Trainer, elapsed: float) -> None: ...
+
