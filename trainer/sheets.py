@@ -11,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from models.errors import KioskError
+
 __all__ = ["grid", "write_png", "plot_curves", "GREEN", "RED", "GREY"]
 
 GREEN = (40, 170, 40)
@@ -52,8 +54,13 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(buf.tobytes())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise KioskError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def plot_curves(metrics_jsonl: Path, out_png: Path) -> None:
