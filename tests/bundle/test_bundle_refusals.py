@@ -82,7 +82,7 @@ CASES = {
 @pytest.fixture(scope="module")
 def other_bundle(tmp_path_factory, tiny_catalogue):
     """The same catalogue indexed by a differently seeded encoder."""
-    from conftest import make_tiny_bundle
+    from tiny_bundle import make_tiny_bundle
 
     return make_tiny_bundle(tmp_path_factory.mktemp("other"), tiny_catalogue, seed=1)
 
