@@ -20,6 +20,7 @@ built by another encoder is a BundleError naming the file.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from datetime import datetime, timezone
@@ -27,7 +28,15 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from models.errors import BundleError
 from models.preprocess import PreprocessSpec
@@ -373,14 +382,40 @@ def verify_bundle_items(bundle_dir: str | Path) -> tuple[Manifest, ItemsFile]:
     return m, items
 
 
+_ITEM_LIST = TypeAdapter(list[ItemRecord])
+_VECTOR_LIST = TypeAdapter(list[VectorRecord])
+_CHUNK = 512
+
+
+def _validate_chunked(adapter: TypeAdapter, rows: object, what: str) -> tuple:
+    """Validate a long list in chunks. One pydantic call over 10k records holds
+    the GIL for ~50 ms; chunks let a running camera loop in another thread get
+    the interpreter between them while a remote update loads a new bundle."""
+    if not isinstance(rows, list):
+        raise ValueError(f"{what} must be a list")
+    out: list = []
+    for i in range(0, len(rows), _CHUNK):
+        out.extend(adapter.validate_python(rows[i:i + _CHUNK]))
+    return tuple(out)
+
+
 def load_items(bundle_dir: str | Path) -> ItemsFile:
     p = Path(bundle_dir) / ITEMS
     try:
-        return ItemsFile.model_validate_json(p.read_bytes())
+        raw = json.loads(p.read_bytes())
+        if not isinstance(raw, dict) or set(raw) != {"items", "vectors"}:
+            raise ValueError("expected exactly the keys 'items' and 'vectors'")
+        items = _validate_chunked(_ITEM_LIST, raw["items"], "items")
+        vectors = _validate_chunked(_VECTOR_LIST, raw["vectors"], "vectors")
+        return ItemsFile(items=items, vectors=vectors)
     except FileNotFoundError:
         raise BundleError(f"{p}: missing") from None
+    except OSError as exc:
+        raise BundleError(f"{p}: cannot read ({exc.strerror})") from None
     except ValidationError as exc:
         raise BundleError(f"{p}: invalid ({exc.errors()[0].get('msg')})") from None
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
+        raise BundleError(f"{p}: invalid ({exc})") from None
 
 
 def load_probes(bundle_dir: str | Path) -> ProbesFile:
