@@ -234,8 +234,8 @@ class VectorIndex:
             while True:
                 ids, cos = self.annoy_vectors(q, n)
                 if mode == "annoy_rerank" and len(ids):
-                    cos = np.asarray(self.emb[np.sort(ids)] @ q, dtype=np.float32)
-                    ids = np.sort(ids)
+                    ids = np.sort(ids)  # sorted rows read the memory map in order
+                    cos = np.asarray(self.emb[ids] @ q, dtype=np.float32)
                 ranked = self._items_from_candidates(ids, cos, top_k)
                 if len(ranked) >= top_k or n >= self.n_vectors:
                     break

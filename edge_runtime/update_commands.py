@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from models.bundle import Manifest, parse_manifest, parse_utc, utc_now_iso
-from models.errors import BundleError, UpdateError
+from models.errors import BundleError, UpdateError, first_validation_error
 from models.signing import MAX_SIGNATURE_TEXT, decode_signature, verify
 
 __all__ = [
@@ -95,9 +95,8 @@ def _validate(model: type[_Command], obj: dict, what: str):
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first.get("loc", ())) or "(root)"
-        raise UpdateError(f"{what}: invalid at {loc}: {first.get('msg')}") from None
+        loc, msg = first_validation_error(exc)
+        raise UpdateError(f"{what}: invalid at {loc}: {msg}") from None
 
 
 def parse_update_command(data: bytes) -> UpdateCommand:

@@ -38,7 +38,7 @@ from pydantic import (
     model_validator,
 )
 
-from models.errors import BundleError
+from models.errors import BundleError, first_validation_error
 from models.preprocess import PreprocessSpec
 
 __all__ = [
@@ -302,9 +302,8 @@ def parse_manifest(data: bytes, *, where: str = MANIFEST) -> Manifest:
     try:
         return Manifest.model_validate_json(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first.get("loc", ())) or "(root)"
-        raise BundleError(f"{where}: invalid manifest at {loc}: {first.get('msg')}") from None
+        loc, msg = first_validation_error(exc)
+        raise BundleError(f"{where}: invalid manifest at {loc}: {msg}") from None
     except (ValueError, TypeError) as exc:
         raise BundleError(f"{where}: invalid manifest: {exc}") from None
 
@@ -413,7 +412,7 @@ def load_items(bundle_dir: str | Path) -> ItemsFile:
     except OSError as exc:
         raise BundleError(f"{p}: cannot read ({exc.strerror})") from None
     except ValidationError as exc:
-        raise BundleError(f"{p}: invalid ({exc.errors()[0].get('msg')})") from None
+        raise BundleError(f"{p}: invalid ({first_validation_error(exc)[1]})") from None
     except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
         raise BundleError(f"{p}: invalid ({exc})") from None
 
@@ -425,4 +424,4 @@ def load_probes(bundle_dir: str | Path) -> ProbesFile:
     except FileNotFoundError:
         return ProbesFile(probes=())
     except ValidationError as exc:
-        raise BundleError(f"{p}: invalid ({exc.errors()[0].get('msg')})") from None
+        raise BundleError(f"{p}: invalid ({first_validation_error(exc)[1]})") from None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["KioskError", "ImageError", "CatalogueError", "BundleError", "ConfigError", "UpdateError"]
+__all__ = ["KioskError", "ImageError", "CatalogueError", "BundleError", "ConfigError", "UpdateError",
+           "first_validation_error"]
 
 
 class KioskError(Exception):
@@ -27,3 +28,11 @@ class ConfigError(KioskError):
 
 class UpdateError(KioskError):
     """A remote update was rejected; the message is the reason published."""
+
+
+def first_validation_error(exc) -> tuple[str, str]:
+    """(dotted location, message) of a pydantic ValidationError's first error,
+    the form every one-line error about a bad file or payload uses."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ())) or "(root)"
+    return loc, str(first.get("msg"))

@@ -92,13 +92,22 @@ class Collector:
     """A paho subscriber that records (topic, payload, retain) on a real broker."""
 
     def __init__(self, port: int, topics: list[str], *, username: str | None = None,
-                 password: str | None = None, client_id: str | None = None) -> None:
+                 password: str | None = None, client_id: str | None = None,
+                 persistent_session: bool = False) -> None:
+        """``persistent_session``: MQTT 3.1.1 with clean_session False under a
+        fixed ``client_id``, so with broker persistence on, QoS 1 messages
+        published while it is away are kept for it."""
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, bytes, bool]] = []
         self._cond = threading.Condition()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "",
-                                  protocol=mqtt.MQTTv5)
+        if persistent_session:
+            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "",
+                                      clean_session=False, protocol=mqtt.MQTTv311)
+            self.client.reconnect_delay_set(1, 1)
+        else:
+            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "",
+                                      protocol=mqtt.MQTTv5)
         if username:
             self.client.username_pw_set(username, password)
         self._topics = topics

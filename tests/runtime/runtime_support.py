@@ -14,12 +14,12 @@ real indexer: ONNX Runtime, Annoy and the manifest are all real.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from support import Collector
 
 CLIP_W, CLIP_H, CLIP_FPS = 160, 120, 30.0
 
@@ -129,40 +129,14 @@ def make_clip(path: Path, catalogue: Path, seed: int = 0) -> Clip:
     return Clip(path, n, tuple(segments))
 
 
-class SessionSubscriber:
-    """A paho subscriber with a persistent session (MQTT 3.1.1, clean_session
+class SessionSubscriber(Collector):
+    """A Collector with a persistent session (MQTT 3.1.1, clean_session
     False, fixed client id): with broker persistence on, QoS 1 messages
     published while it is away are kept for it, so a broker restart cannot
     race the test's own subscriber."""
 
     def __init__(self, port: int, topics: list[str], client_id: str) -> None:
-        import paho.mqtt.client as mqtt
-
-        self.messages: list[tuple[str, bytes, bool]] = []
-        self._cond = threading.Condition()
-        self._subscribed = threading.Event()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                        clean_session=False, protocol=mqtt.MQTTv311)
-        c.reconnect_delay_set(1, 1)
-
-        def on_connect(client, userdata, flags, rc, props=None):
-            if not rc.is_failure:
-                client.subscribe([(t, 1) for t in topics])
-
-        def on_subscribe(client, userdata, mid, rcs, props=None):
-            self._subscribed.set()
-
-        def on_message(client, userdata, msg):
-            with self._cond:
-                self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
-                self._cond.notify_all()
-
-        c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
-        c.connect("127.0.0.1", port, keepalive=10)
-        c.loop_start()
-        self.client = c
-        if not self._subscribed.wait(10):
-            raise RuntimeError("subscriber did not subscribe")
+        super().__init__(port, topics, client_id=client_id, persistent_session=True)
 
     def json_on(self, suffix: str) -> list[dict]:
         with self._cond:
@@ -177,10 +151,6 @@ class SessionSubscriber:
                     return False
                 self._cond.wait(min(left, 0.2))
             return True
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 ASYNCAPI = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
