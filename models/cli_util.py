@@ -10,16 +10,24 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from models.errors import KioskError
 
-__all__ = ["run_cli"]
+__all__ = ["run_cli", "OneLineParser"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (no usage block), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def run_cli(prog: str, description: str, commands: dict[str, tuple[str, str]],
             argv: Sequence[str] | None = None, version: str = "") -> int:
     """``commands`` maps a subcommand to (module path, one-line help)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = OneLineParser(prog=prog, description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     if version:
         parser.add_argument("--version", action="version", version=f"%(prog)s {version}")

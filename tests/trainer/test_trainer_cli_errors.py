@@ -58,8 +58,16 @@ def test_unknown_flag(tiny_catalogue, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["fit", str(tiny_catalogue), "--out", str(out), "--frobnicate"])
     assert exc.value.code == 2
-    assert "--frobnicate" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--frobnicate" in _one_line(capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_missing_required_argument_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit"])
+    assert exc.value.code == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "catalogue" in line and "--out" in line
 
 
 def test_out_is_a_file(tiny_catalogue, tmp_path, capsys):
