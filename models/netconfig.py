@@ -16,11 +16,16 @@ class NetConfig(BaseModel):
 
     width: int = Field(16, ge=4, le=512, description="channels of the first stage; doubles per stage")
     depth: int = Field(4, ge=2, le=6, description="number of stride-2 stages")
+    stem_stride: int = Field(1, ge=1, le=2, description=(
+        "stride of the first conv: 2 sees a larger input for the cost of one half its side"))
     blocks_per_stage: int = Field(1, ge=1, le=4, description="residual blocks after each downsampling")
     embedding_size: int = Field(128, ge=8, le=4096)
     colour_bins: int = Field(0, ge=0, le=256, description=(
         "learned soft colour histogram of the input (0 = off) pooled beside the conv features: "
         "colour is what tells many products apart, and a histogram ignores where it is"))
+    head_channels: int = Field(0, ge=0, le=4096, description=(
+        "a 1x1 conv widening the last feature map before pooling (0 = off): "
+        "cheap at that resolution, and gives the embedding more features to choose from"))
     # 64 px: measured on the 2-core CPU, 64 px trains ~2x faster than 96 px for the same net.
     input: PreprocessSpec = PreprocessSpec(size=64)
 

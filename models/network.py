@@ -43,7 +43,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         chans = cfg.stage_channels()
-        layers: list[nn.Module] = [_conv_bn(3, chans[0], stride=1)]
+        layers: list[nn.Module] = [_conv_bn(3, chans[0], stride=cfg.stem_stride)]
         cin = chans[0]
         for c in chans:
             layers.append(_conv_bn(cin, c, stride=2))
@@ -54,7 +54,9 @@ class Encoder(nn.Module):
         # colour prototypes (a 1x1 conv + softmax); the mean over the image is a
         # K-bin histogram, invariant to where the colours are.
         self.colour = nn.Conv2d(3, cfg.colour_bins, 1) if cfg.colour_bins else None
-        self.proj = nn.Linear(cin + cfg.colour_bins, cfg.embedding_size)
+        pooled = cin + cfg.colour_bins
+        self.head = _conv_bn(pooled, cfg.head_channels, k=1) if cfg.head_channels else None
+        self.proj = nn.Linear(cfg.head_channels or pooled, cfg.embedding_size)
 
     @property
     def feature_channels(self) -> int:
@@ -73,6 +75,8 @@ class Encoder(nn.Module):
 
     def embed(self, fmap: torch.Tensor) -> torch.Tensor:
         """Un-normalised embedding from a feature map (for losses that want it)."""
+        if self.head is not None:
+            fmap = self.head(fmap)
         return self.proj(fmap.mean(dim=(2, 3)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,8 +32,9 @@ from models.netconfig import NetConfig
 from models.network import AutoEncoder
 from models.preprocess import PreprocessSpec
 from trainer import checkpoint as ck
-from trainer.data import load_image_set, split_val
+from trainer.data import cache_scale_for, load_image_set, split_val
 from trainer.ddp import Dist, setup, teardown
+from trainer.distort import DEFAULT_MIN_AREA
 from trainer.loop import LoopConfig, Trainer, TrainHooks
 from trainer.losses import OBJECTIVES
 
@@ -65,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--margin", type=float, default=0.2, help="cosine margin of the classifier")
     p.add_argument("--scale", type=float, default=16.0, help="logit scale of the classifier")
     p.add_argument("--strength", type=float, default=1.0, help="distortion strength (0 = none)")
+    p.add_argument("--min-crop-area", type=float, default=DEFAULT_MIN_AREA,
+                   help="smallest random crop as a share of the photo (zoom range of the views)")
     p.add_argument("--val-fraction", type=float, default=0.05,
                    help="share of each item's photos held out to pick the best checkpoint")
     p.add_argument("--val-every", type=float, default=120.0, help="seconds between validations")
@@ -76,6 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--depth", type=int, default=NET_DEFAULTS.depth)
     g.add_argument("--blocks", type=int, default=NET_DEFAULTS.blocks_per_stage)
     g.add_argument("--embedding-size", type=int, default=NET_DEFAULTS.embedding_size)
+    g.add_argument("--stem-stride", type=int, default=NET_DEFAULTS.stem_stride, choices=(1, 2),
+                   help="stride of the first conv (2: a larger --size for about the same cost)")
+    g.add_argument("--head-channels", type=int, default=NET_DEFAULTS.head_channels,
+                   help="1x1 conv widening the last feature map before pooling (0 = off)")
     g.add_argument("--colour-bins", type=int, default=NET_DEFAULTS.colour_bins,
                    help="bins of the learned colour histogram branch (0 = off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,6 +93,8 @@ def _check_args(a: argparse.Namespace) -> None:
                                ("--lr", a.lr)) if v is not None and v <= 0]
     if bad:
         raise ConfigError(f"{bad[0][0]} must be positive, got {bad[0][1]}")
+    if not 0.05 <= a.min_crop_area <= 1:
+        raise ConfigError(f"--min-crop-area must be in [0.05, 1], got {a.min_crop_area}")
     if not 0 <= a.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {a.val_fraction}")
     for n in ("w_recon", "w_metric", "w_inv"):
@@ -111,7 +120,8 @@ def _check_out(out: Path, resume: bool) -> None:
 def _net_from_args(a: argparse.Namespace) -> NetConfig:
     try:
         return NetConfig(width=a.width, depth=a.depth, blocks_per_stage=a.blocks,
-                         embedding_size=a.embedding_size, colour_bins=a.colour_bins, input=PreprocessSpec(size=a.size))
+                         embedding_size=a.embedding_size, colour_bins=a.colour_bins,
+                         head_channels=a.head_channels, stem_stride=a.stem_stride, input=PreprocessSpec(size=a.size))
     except ValueError as exc:
         raise ConfigError(f"bad network flags: {exc.errors()[0]['loc'][-1]}: "
                           f"{exc.errors()[0]['msg']}") from None
@@ -124,7 +134,7 @@ def _loop_config(a: argparse.Namespace) -> LoopConfig:
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         w_recon=wr if a.w_recon is None else a.w_recon, w_metric=wm if a.w_metric is None else a.w_metric,
         w_inv=wi if a.w_inv is None else a.w_inv, scale=a.scale, margin=a.margin, strength=a.strength,
-        epochs=epochs, minutes=a.minutes, seed=a.seed, val_every_s=a.val_every,
+        min_area=a.min_crop_area, epochs=epochs, minutes=a.minutes, seed=a.seed, val_every_s=a.val_every,
         save_every_s=a.save_every, log_every_s=a.log_every, progress=not a.no_progress)
 
 
@@ -276,7 +286,8 @@ def _fit(args: argparse.Namespace, out: Path, cat, d: Dist) -> int:
     else:
         run_id, net, item_ids, state = uuid.uuid4().hex[:12], _net_from_args(args), None, None
         unlabelled = args.unlabelled
-    data = load_image_set(cat, net.input, unlabelled=unlabelled, item_ids=item_ids)
+    data = load_image_set(cat, net.input, unlabelled=unlabelled, item_ids=item_ids,
+                          scale=cache_scale_for(cfg.min_area))
     if data.skipped:
         log.warning("skipped %d unreadable image(s), first: %s", len(data.skipped), data.skipped[0])
     train_idx, val_idx = split_val(data.labels, args.val_fraction, args.seed)

@@ -24,7 +24,7 @@ from torch import nn
 from models.network import AutoEncoder
 from trainer.data import ImageSet, batches
 from trainer.ddp import Dist
-from trainer.distort import clean_view, distort
+from trainer.distort import DEFAULT_MIN_AREA, clean_view, distort
 from trainer.embed import _normalise, embed_uint8
 from trainer.losses import CosineMarginHead, cosine_margin_loss, invariance, reconstruction
 from trainer.retrieval_metrics import top_k_accuracy
@@ -46,6 +46,7 @@ class LoopConfig:
     scale: float = 16.0
     margin: float = 0.2
     strength: float = 1.0
+    min_area: float = DEFAULT_MIN_AREA
     epochs: float | None = None
     minutes: float | None = None
     seed: int = 0
@@ -171,12 +172,12 @@ class Trainer:
 
     # -- data -------------------------------------------------------------
     def _views(self, step: int, idx: np.ndarray) -> Batch:
-        size, s, seed = self.spec.size, self.cfg.strength, self.cfg.seed
+        size, s, seed, area = self.spec.size, self.cfg.strength, self.cfg.seed, self.cfg.min_area
         two = self.module.two_views()
         imgs = self.data.images[self.train_idx[idx]]
-        v1 = np.stack([distort(im, size, np.random.default_rng([seed, step, self.d.rank, i, 1]), s)
+        v1 = np.stack([distort(im, size, np.random.default_rng([seed, step, self.d.rank, i, 1]), s, area)
                        for i, im in enumerate(imgs)])
-        v2 = np.stack([distort(im, size, np.random.default_rng([seed, step, self.d.rank, i, 2]), s)
+        v2 = np.stack([distort(im, size, np.random.default_rng([seed, step, self.d.rank, i, 2]), s, area)
                        for i, im in enumerate(imgs)]) if two else None
         clean = np.stack([clean_view(im, size) for im in imgs])
         labels = torch.from_numpy(self.data.labels[self.train_idx[idx]])

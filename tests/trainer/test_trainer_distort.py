@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.distort import clean_view, distort, distort_seeded
+from trainer.distort import _warp, clean_view, distort, distort_seeded
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,17 @@ def test_stronger_distortion_moves_further(photo):
         return float(np.mean([np.abs(distort_seeded(photo, 64, k, s) - clean).mean() for k in range(12)]))
 
     assert dist(0.3) < dist(1.5)
+
+
+def test_min_area_sets_the_zoom_range():
+    # Each pixel's red value is its column: the range of red in a view is the
+    # share of the photo's width the view shows.
+    cols = np.tile(np.linspace(0, 255, 200, dtype=np.float32)[None, :, None], (200, 1, 3)).astype(np.uint8)
+
+    def mean_width(min_area):
+        spans = [np.ptp(_warp(cols, 32, np.random.default_rng(i), 1.0, min_area)[:, :, 0].astype(int)) / 255
+                 for i in range(60)]
+        return float(np.mean(spans))
+
+    wide, zoomed = mean_width(0.9), mean_width(0.15)
+    assert wide > 0.85 and zoomed < wide - 0.15, (wide, zoomed)

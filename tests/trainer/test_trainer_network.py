@@ -1,5 +1,6 @@
 """The encoder stays ONNX-exportable (opset 17) with the L2-normalised embedding
-inside the graph, with and without the colour-histogram branch."""
+inside the graph, with and without the optional parts (colour-histogram branch,
+stride-2 stem, 1x1 widening head)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,16 @@ from models.preprocess import PreprocessSpec
 torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("bins,depth", [(0, 2), (6, 3)])
-def test_encoder_exports_to_onnx_and_matches_torch(bins, depth):
+@pytest.mark.parametrize("extra,recon_side", [
+    ({"depth": 2}, 16), ({"depth": 3, "colour_bins": 6}, 16),
+    ({"depth": 2, "stem_stride": 2}, 8), ({"depth": 3, "head_channels": 24, "colour_bins": 4}, 16)])
+def test_encoder_exports_to_onnx_and_matches_torch(extra, recon_side):
     torch.manual_seed(0)
-    cfg = NetConfig(width=8, depth=depth, embedding_size=16, colour_bins=bins, input=PreprocessSpec(size=32))
+    cfg = NetConfig(width=8, embedding_size=16, input=PreprocessSpec(size=32), **extra)
     model = AutoEncoder(cfg).eval()
     x = torch.randn(3, 3, 32, 32)
     emb, raw, rec = model(x)
-    assert emb.shape == (3, 16) and rec.shape == (3, 3, 16, 16)
+    assert emb.shape == (3, 16) and rec.shape == (3, 3, recon_side, recon_side)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
