@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="epochs in total (default 30 when --minutes is not given)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last save")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="mixed precision of the forward pass: auto = fp16 on CUDA, bf16 on CPUs that "
+                        "run it natively, else fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="per process")
     p.add_argument("--lr", type=float, default=2e-3)
@@ -134,7 +137,7 @@ def _loop_config(a: argparse.Namespace) -> LoopConfig:
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         w_recon=wr if a.w_recon is None else a.w_recon, w_metric=wm if a.w_metric is None else a.w_metric,
         w_inv=wi if a.w_inv is None else a.w_inv, scale=a.scale, margin=a.margin, strength=a.strength,
-        min_area=a.min_crop_area, epochs=epochs, minutes=a.minutes, seed=a.seed, val_every_s=a.val_every,
+        min_area=a.min_crop_area, precision=a.precision, epochs=epochs, minutes=a.minutes, seed=a.seed, val_every_s=a.val_every,
         save_every_s=a.save_every, log_every_s=a.log_every, progress=not a.no_progress)
 
 

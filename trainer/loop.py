@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.errors import ConfigError
 from models.network import AutoEncoder
 from trainer.data import ImageSet, batches
 from trainer.ddp import Dist
@@ -29,7 +30,7 @@ from trainer.embed import _normalise, embed_uint8
 from trainer.losses import CosineMarginHead, cosine_margin_loss, invariance, reconstruction
 from trainer.retrieval_metrics import top_k_accuracy
 
-__all__ = ["LoopConfig", "Trainer", "lr_at"]
+__all__ = ["LoopConfig", "Trainer", "lr_at", "autocast_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class LoopConfig:
     scale: float = 16.0
     margin: float = 0.2
     strength: float = 1.0
+    precision: str = "auto"
     min_area: float = DEFAULT_MIN_AREA
     epochs: float | None = None
     minutes: float | None = None
@@ -55,6 +57,29 @@ class LoopConfig:
     log_every_s: float = 10.0
     progress: bool = True
     extra: dict = field(default_factory=dict)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """Mixed precision for the forward pass: fp16 (+ loss scaling) on CUDA; on a
+    CPU with native bfloat16, bf16 (measured about 2x the fp32 throughput on
+    AVX512-BF16); None = plain fp32. Weights and optimizer stay fp32."""
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    if precision == "fp16":
+        raise ConfigError(f"--precision fp16 needs a CUDA device, not {device}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cpu" and cpu_has_bf16()):
+        return torch.bfloat16
+    return None
 
 
 def lr_at(progress: float, base: float, warmup: float) -> float:
@@ -158,7 +183,8 @@ class Trainer:
         no_decay = [p for p in params if p.ndim <= 1]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-        self.amp = d.device.type == "cuda"
+        self.amp = d.device.type == "cuda" and cfg.precision in ("auto", "fp16")
+        self.autocast = autocast_dtype(d.device, cfg.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.ddp_module: nn.Module = self.module
         if d.active:
@@ -249,7 +275,8 @@ class Trainer:
                 for g in self.opt.param_groups:
                     g["lr"] = lr
                 dev = self.d.device
-                with torch.autocast(dev.type, dtype=torch.float16, enabled=self.amp):
+                with torch.autocast(dev.type, dtype=self.autocast or torch.float32,
+                                    enabled=self.autocast is not None):
                     parts = self.ddp_module(b.v1.to(dev), None if b.v2 is None else b.v2.to(dev),
                                             b.clean.to(dev), b.labels.to(dev))
                 self.opt.zero_grad(set_to_none=True)
