@@ -109,7 +109,14 @@ def main() -> int:
         emb = {k: embed_run(work / obj, c.entries) for k, c in cats.items()}
         rows[f"objective {obj}"] = {**figures(*emb["val"], *emb["train"], *emb["iconic"]), "train": s}
         print(json.dumps({obj: rows[f"objective {obj}"]}), flush=True)
+    import torch
+
+    from trainer.loop import autocast_dtype
+
+    amp = autocast_dtype(torch.device("cpu"), "auto")
     result = {"time": stamp, "minutes_per_objective": a.minutes, "cpu_count": os.cpu_count(),
+              "torch": torch.__version__, "fit_args": a.fit_arg,
+              "training_precision": "bf16 autocast" if amp is torch.bfloat16 else "fp32",
               "load_avg_1m_end": os.getloadavg()[0], "train_images": len(cats["train"]),
               "val_images": len(cats["val"]), "rows": rows}
     md = markdown(result)
@@ -122,7 +129,8 @@ def main() -> int:
 def markdown(r: dict) -> str:
     lines = [f"Grocery Store val ({r['val_images']} photos) vs train gallery ({r['train_images']}), "
              f"{r['minutes_per_objective']:g} min training per objective, {r['cpu_count']} CPU cores "
-             f"(load {r['load_avg_1m_end']:.1f} at the end).", "",
+             f"(load {r['load_avg_1m_end']:.1f} at the end), training in {r.get('training_precision', 'fp32')}"
+             + (f", fit flags {' '.join(r['fit_args'])}" if r.get("fit_args") else "") + ".", "",
              "| method | top-1 | top-5 | mAP | iconic R@1 | iconic R@5 | epochs | img/s |",
              "|---|---|---|---|---|---|---|---|"]
     for name, v in r["rows"].items():
