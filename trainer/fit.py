@@ -82,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--depth", type=int, default=NET_DEFAULTS.depth)
     g.add_argument("--blocks", type=int, default=NET_DEFAULTS.blocks_per_stage)
     g.add_argument("--embedding-size", type=int, default=NET_DEFAULTS.embedding_size)
-    g.add_argument("--stem-stride", type=int, default=NET_DEFAULTS.stem_stride, choices=(1, 2),
+    g.add_argument("--stem-stride", type=int, default=NET_DEFAULTS.stem_stride,
                    help="stride of the first conv (2: a larger --size for about the same cost)")
     g.add_argument("--head-channels", type=int, default=NET_DEFAULTS.head_channels,
                    help="1x1 conv widening the last feature map before pooling (0 = off)")
@@ -126,8 +126,10 @@ def _net_from_args(a: argparse.Namespace) -> NetConfig:
                          embedding_size=a.embedding_size, colour_bins=a.colour_bins,
                          head_channels=a.head_channels, stem_stride=a.stem_stride, input=PreprocessSpec(size=a.size))
     except ValueError as exc:
-        raise ConfigError(f"bad network flags: {exc.errors()[0]['loc'][-1]}: "
-                          f"{exc.errors()[0]['msg']}") from None
+        err = exc.errors()[0]
+        field = str(err["loc"][-1])
+        flag = {"blocks_per_stage": "--blocks"}.get(field, "--" + field.replace("_", "-"))
+        raise ConfigError(f"bad network flag {flag}: {err['msg']}") from None
 
 
 def _loop_config(a: argparse.Namespace) -> LoopConfig:

@@ -12,8 +12,8 @@ from models.catalogue import load_catalogue
 from models.errors import ConfigError
 from models.netconfig import NetConfig
 from models.preprocess import PreprocessSpec
-from trainer.data import load_image_set
-from trainer.distort import clean_view, distort_seeded
+from trainer.data import cache_scale_for, load_image_set
+from trainer.distort import DEFAULT_MIN_AREA, clean_view, distort_seeded
 from trainer.sheets import GREY, grid, write_png
 
 __all__ = ["add_arguments", "run", "preview_rows"]
@@ -26,14 +26,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=int, default=8, help="photos shown (spread over the items)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--min-crop-area", type=float, default=DEFAULT_MIN_AREA,
+                   help="smallest random crop as a share of the photo (as in trainer fit)")
     p.add_argument("--size", type=int, default=NetConfig().input.size, help="view size in pixels")
 
 
-def preview_rows(images: np.ndarray, size: int, views: int, seed: int, strength: float) -> list:
+def preview_rows(images: np.ndarray, size: int, views: int, seed: int, strength: float,
+                 min_area: float = DEFAULT_MIN_AREA) -> list:
     rows = []
     for i, img in enumerate(images):
         cells = [(clean_view(img, size), GREY, "original")]
-        cells += [(distort_seeded(img, size, (seed, i, v), strength), None, f"view {v + 1}")
+        cells += [(distort_seeded(img, size, (seed, i, v), strength, min_area), None, f"view {v + 1}")
                   for v in range(views)]
         rows.append(cells)
     return rows
@@ -42,6 +45,8 @@ def preview_rows(images: np.ndarray, size: int, views: int, seed: int, strength:
 def run(args: argparse.Namespace) -> int:
     if args.views < 1 or args.rows < 1:
         raise ConfigError("--views and --rows must be at least 1")
+    if not 0.05 <= args.min_crop_area <= 1:
+        raise ConfigError(f"--min-crop-area must be in [0.05, 1], got {args.min_crop_area}")
     if not str(args.out).lower().endswith(".png"):
         raise ConfigError(f"--out {args.out}: must be a .png file")
     cat = load_catalogue(args.catalogue)
@@ -55,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
             if by_item[k] and len(picked) < args.rows:
                 picked.append(by_item[k].pop(0))
     sub = type(cat)(cat.root, tuple(picked))
-    data = load_image_set(sub, PreprocessSpec(size=args.size))
-    write_png(args.out, grid(preview_rows(data.images, args.size, args.views, args.seed, args.strength),
-                             size=max(64, args.size)))
+    data = load_image_set(sub, PreprocessSpec(size=args.size), scale=cache_scale_for(args.min_crop_area))
+    rows = preview_rows(data.images, args.size, args.views, args.seed, args.strength, args.min_crop_area)
+    write_png(args.out, grid(rows, size=max(64, args.size)))
     print(args.out)
     return 0

@@ -97,6 +97,8 @@ def test_resume_of_a_folder_that_is_not_a_run(tiny_catalogue, tmp_path, capsys):
     (["--val-fraction", "1.5"], "--val-fraction"),
     (["--w-inv", "-1"], "--w-inv"),
     (["--width", "2"], "width"),
+    (["--min-crop-area", "0"], "--min-crop-area"),
+    (["--stem-stride", "3"], "--stem-stride"),
 ])
 def test_bad_values(tiny_catalogue, tmp_path, capsys, flags, needle):
     out = tmp_path / "run"
