@@ -18,6 +18,7 @@ import numpy as np
 from models.catalogue import Catalogue, Entry, iter_images, load_catalogue
 from models.errors import CatalogueError
 from models.preprocess import PreprocessSpec, to_uint8_rgb
+from trainer.distort import DEFAULT_MIN_AREA
 
 __all__ = ["ImageSet", "load_image_set", "split_val", "batches", "CACHE_SCALE", "cache_scale_for"]
 
@@ -48,7 +49,7 @@ def cache_scale_for(min_area: float) -> float:
     """Cache side / input side so that the smallest crop is still cut at
     about the input's resolution (zoomed views stay sharp): 1.25 down to the
     default 0.45 crop, larger for deeper zoom, at most 2.5."""
-    return float(min(2.5, max(CACHE_SCALE, CACHE_SCALE * (0.45 / min_area) ** 0.5)))
+    return float(min(2.5, max(CACHE_SCALE, CACHE_SCALE * (DEFAULT_MIN_AREA / min_area) ** 0.5)))
 
 
 def cache_spec(spec: PreprocessSpec, scale: float = CACHE_SCALE) -> PreprocessSpec:

@@ -18,11 +18,20 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["distort", "distort_seeded", "clean_view", "DEFAULT_STRENGTH", "DEFAULT_MIN_AREA"]
+from models.errors import ConfigError
+
+__all__ = ["distort", "distort_seeded", "clean_view", "DEFAULT_STRENGTH", "DEFAULT_MIN_AREA", "check_min_area"]
 
 DEFAULT_STRENGTH = 1.0
 DEFAULT_MIN_AREA = 0.45  # smallest crop, as a share of the photo, at strength 1
 _SKIN = np.array([[224, 172, 140], [198, 134, 100], [141, 85, 60], [255, 205, 170]], dtype=np.float32)
+
+
+def check_min_area(min_area: float) -> float:
+    """The --min-crop-area flag's value, or a ConfigError naming it."""
+    if not 0.05 <= min_area <= 1:
+        raise ConfigError(f"--min-crop-area must be in [0.05, 1], got {min_area}")
+    return min_area
 
 
 def clean_view(img: np.ndarray, size: int) -> np.ndarray:

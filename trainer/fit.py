@@ -34,7 +34,7 @@ from models.preprocess import PreprocessSpec
 from trainer import checkpoint as ck
 from trainer.data import cache_scale_for, load_image_set, split_val
 from trainer.ddp import Dist, setup, teardown
-from trainer.distort import DEFAULT_MIN_AREA
+from trainer.distort import DEFAULT_MIN_AREA, check_min_area
 from trainer.loop import LoopConfig, Trainer, TrainHooks
 from trainer.losses import OBJECTIVES
 
@@ -96,8 +96,7 @@ def _check_args(a: argparse.Namespace) -> None:
                                ("--lr", a.lr)) if v is not None and v <= 0]
     if bad:
         raise ConfigError(f"{bad[0][0]} must be positive, got {bad[0][1]}")
-    if not 0.05 <= a.min_crop_area <= 1:
-        raise ConfigError(f"--min-crop-area must be in [0.05, 1], got {a.min_crop_area}")
+    check_min_area(a.min_crop_area)
     if not 0 <= a.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {a.val_fraction}")
     for n in ("w_recon", "w_metric", "w_inv"):

@@ -184,8 +184,8 @@ class Trainer:
         no_decay = [p for p in params if p.ndim <= 1]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-        self.amp = d.device.type == "cuda" and cfg.precision in ("auto", "fp16")
         self.autocast = autocast_dtype(d.device, cfg.precision)
+        self.amp = self.autocast is torch.float16  # fp16 needs loss scaling; bf16 does not
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.ddp_module: nn.Module = self.module
         if d.active:

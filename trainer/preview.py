@@ -13,7 +13,7 @@ from models.errors import ConfigError
 from models.netconfig import NetConfig
 from models.preprocess import PreprocessSpec
 from trainer.data import cache_scale_for, load_image_set
-from trainer.distort import DEFAULT_MIN_AREA, clean_view, distort_seeded
+from trainer.distort import DEFAULT_MIN_AREA, check_min_area, clean_view, distort_seeded
 from trainer.sheets import GREY, grid, write_png
 
 __all__ = ["add_arguments", "run", "preview_rows"]
@@ -45,8 +45,7 @@ def preview_rows(images: np.ndarray, size: int, views: int, seed: int, strength:
 def run(args: argparse.Namespace) -> int:
     if args.views < 1 or args.rows < 1:
         raise ConfigError("--views and --rows must be at least 1")
-    if not 0.05 <= args.min_crop_area <= 1:
-        raise ConfigError(f"--min-crop-area must be in [0.05, 1], got {args.min_crop_area}")
+    check_min_area(args.min_crop_area)
     if not str(args.out).lower().endswith(".png"):
         raise ConfigError(f"--out {args.out}: must be a .png file")
     cat = load_catalogue(args.catalogue)
