@@ -20,7 +20,8 @@ import numpy as np
 
 from models.errors import ConfigError
 
-__all__ = ["distort", "distort_seeded", "clean_view", "DEFAULT_STRENGTH", "DEFAULT_MIN_AREA", "check_min_area"]
+__all__ = ["distort", "distort_seeded", "clean_view", "cutmix_box", "paste_box", "DEFAULT_STRENGTH",
+           "DEFAULT_MIN_AREA", "check_min_area"]
 
 DEFAULT_STRENGTH = 1.0
 DEFAULT_MIN_AREA = 0.45  # smallest crop, as a share of the photo, at strength 1
@@ -172,3 +173,23 @@ def distort_seeded(img: np.ndarray, size: int, seed: int | tuple[int, ...],
     """``distort`` with a fresh generator: same seed + image -> same view."""
     key = list(seed) if isinstance(seed, tuple) else [int(seed)]
     return distort(img, size, np.random.default_rng(key), strength, min_area)
+
+
+def cutmix_box(size: int, rng: np.random.Generator) -> tuple[int, int, int, int, float]:
+    """A CutMix box (Yun et al., ICCV 2019) in a ``size`` x ``size`` view:
+    (y0, y1, x0, x1, lam) where lam is the share of the view left to its own
+    photo. The box covers 1 - U(0, 1) of the view before clipping at the edges."""
+    cut = math.sqrt(1.0 - rng.random())
+    h = w = int(round(size * cut))
+    cy, cx = rng.integers(0, size, size=2)
+    y0, y1 = int(np.clip(cy - h // 2, 0, size)), int(np.clip(cy + h - h // 2, 0, size))
+    x0, x1 = int(np.clip(cx - w // 2, 0, size)), int(np.clip(cx + w - w // 2, 0, size))
+    return y0, y1, x0, x1, 1.0 - (y1 - y0) * (x1 - x0) / float(size * size)
+
+
+def paste_box(views: np.ndarray, partner: np.ndarray, box: tuple[int, int, int, int, float]) -> np.ndarray:
+    """Views (N, S, S, 3) with the box cut from ``views[partner]`` (a copy)."""
+    y0, y1, x0, x1, _ = box
+    out = views.copy()
+    out[:, y0:y1, x0:x1] = views[partner, y0:y1, x0:x1]
+    return out

@@ -25,7 +25,7 @@ from models.errors import ConfigError
 from models.network import AutoEncoder
 from trainer.data import ImageSet, batches
 from trainer.ddp import Dist
-from trainer.distort import DEFAULT_MIN_AREA, clean_view, distort
+from trainer.distort import DEFAULT_MIN_AREA, clean_view, cutmix_box, distort, paste_box
 from trainer.embed import _normalise, embed_uint8
 from trainer.losses import CosineMarginHead, cosine_margin_loss, invariance, reconstruction
 from trainer.retrieval_metrics import top_k_accuracy
@@ -49,6 +49,7 @@ class LoopConfig:
     strength: float = 1.0
     precision: str = "auto"
     min_area: float = DEFAULT_MIN_AREA
+    cutmix: float = 0.0
     epochs: float | None = None
     minutes: float | None = None
     seed: int = 0
@@ -102,7 +103,8 @@ class TrainModule(nn.Module):
         return self.cfg.w_inv > 0 or self.cfg.w_metric > 0
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor | None, clean: torch.Tensor,
-                labels: torch.Tensor) -> dict[str, torch.Tensor]:
+                labels: torch.Tensor, labels_b: torch.Tensor | None = None,
+                lam: float = 1.0) -> dict[str, torch.Tensor]:
         c = self.cfg
         x = v1 if v2 is None else torch.cat([v1, v2])
         fmap = self.model.encoder.feature_map(x)
@@ -113,7 +115,9 @@ class TrainModule(nn.Module):
             parts["loss_recon"] = reconstruction(self.model.decoder(fmap[:n]), clean)
         if c.w_metric > 0 and self.head is not None:
             labs = labels if v2 is None else torch.cat([labels, labels])
-            parts["loss_metric"] = cosine_margin_loss(self.head(emb), labs, c.scale, c.margin)
+            labs_b = None if labels_b is None else labels_b if v2 is None else torch.cat([labels_b, labels_b])
+            parts["loss_metric"] = cosine_margin_loss(self.head(emb), labs, c.scale, c.margin,
+                                                      labels_b=labs_b, lam=lam)
         if c.w_inv > 0 and v2 is not None:
             parts["loss_inv"] = invariance(emb[:n], emb[n:])
         weights = {"loss_recon": c.w_recon, "loss_metric": c.w_metric, "loss_inv": c.w_inv}
@@ -129,6 +133,8 @@ class Batch:
     v2: torch.Tensor | None
     clean: torch.Tensor
     labels: torch.Tensor
+    labels_b: torch.Tensor | None = None  # CutMix partner's labels (None: batch not mixed)
+    lam: float = 1.0  # share of each view left to its own photo
 
 
 class Prefetcher:
@@ -207,12 +213,23 @@ class Trainer:
         v2 = np.stack([distort(im, size, np.random.default_rng([seed, step, self.d.rank, i, 2]), s, area)
                        for i, im in enumerate(imgs)]) if two else None
         clean = np.stack([clean_view(im, size) for im in imgs])
-        labels = torch.from_numpy(self.data.labels[self.train_idx[idx]])
+        labels_np = self.data.labels[self.train_idx[idx]]
+        labels_b, lam = None, 1.0
+        mix_rng = np.random.default_rng([seed, step, self.d.rank, 3])
+        if len(idx) > 1 and mix_rng.random() < self.cfg.cutmix:
+            # CutMix: every view (both views and the clean target alike) gets the
+            # same box cut from the next photo's, labels weighted by area
+            partner = np.roll(np.arange(len(idx)), 1)
+            box = cutmix_box(size, mix_rng)
+            v1, clean = paste_box(v1, partner, box), paste_box(clean, partner, box)
+            v2 = paste_box(v2, partner, box) if v2 is not None else None
+            labels_b, lam = torch.from_numpy(labels_np[partner]), box[4]
 
         def t(a: np.ndarray) -> torch.Tensor:
             return _normalise(torch.from_numpy(a), self.spec)
 
-        return Batch(step, 0, t(v1), t(v2) if v2 is not None else None, t(clean), labels)
+        return Batch(step, 0, t(v1), t(v2) if v2 is not None else None, t(clean), torch.from_numpy(labels_np),
+                     labels_b, lam)
 
     def _stream(self, start_step: int) -> Iterator[Batch]:
         step = start_step
@@ -279,7 +296,8 @@ class Trainer:
                 with torch.autocast(dev.type, dtype=self.autocast or torch.float32,
                                     enabled=self.autocast is not None):
                     parts = self.ddp_module(b.v1.to(dev), None if b.v2 is None else b.v2.to(dev),
-                                            b.clean.to(dev), b.labels.to(dev))
+                                            b.clean.to(dev), b.labels.to(dev),
+                                            None if b.labels_b is None else b.labels_b.to(dev), b.lam)
                 self.opt.zero_grad(set_to_none=True)
                 self.scaler.scale(parts["loss"]).backward()
                 self.scaler.step(self.opt)

@@ -49,8 +49,15 @@ class CosineMarginHead(nn.Module):
 
 
 def cosine_margin_loss(cos: torch.Tensor, labels: torch.Tensor, scale: float = 16.0,
-                       margin: float = 0.2, smoothing: float = 0.1) -> torch.Tensor:
-    """CosFace: cross-entropy over ``scale * (cos - margin * onehot)``; rows with label < 0 are ignored."""
+                       margin: float = 0.2, smoothing: float = 0.1, labels_b: torch.Tensor | None = None,
+                       lam: float = 1.0) -> torch.Tensor:
+    """CosFace: cross-entropy over ``scale * (cos - margin * onehot)``; rows with label < 0 are ignored.
+
+    With ``labels_b`` (CutMix), the loss is ``lam`` times that of ``labels``
+    plus ``1 - lam`` times that of ``labels_b``, each with its own margin."""
+    if labels_b is not None and lam < 1.0:
+        return (lam * cosine_margin_loss(cos, labels, scale, margin, smoothing)
+                + (1.0 - lam) * cosine_margin_loss(cos, labels_b, scale, margin, smoothing))
     keep = labels >= 0
     if not bool(keep.any()):
         return cos.sum() * 0.0

@@ -99,6 +99,7 @@ def test_resume_of_a_folder_that_is_not_a_run(tiny_catalogue, tmp_path, capsys):
     (["--width", "2"], "width"),
     (["--min-crop-area", "0"], "--min-crop-area"),
     (["--stem-stride", "3"], "--stem-stride"),
+    (["--cutmix", "1.5"], "--cutmix"),
 ])
 def test_bad_values(tiny_catalogue, tmp_path, capsys, flags, needle):
     out = tmp_path / "run"

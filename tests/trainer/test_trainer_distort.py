@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.distort import _warp, clean_view, distort, distort_seeded
+from trainer.distort import _warp, clean_view, cutmix_box, distort, distort_seeded, paste_box
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +74,30 @@ def test_min_area_sets_the_zoom_range():
 
     wide, zoomed = mean_width(0.9), mean_width(0.15)
     assert wide > 0.85 and zoomed < wide - 0.15, (wide, zoomed)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_cutmix_box_is_inside_the_view_and_lam_is_the_share_left(seed):
+    rng = np.random.default_rng(seed)
+    y0, y1, x0, x1, lam = cutmix_box(48, rng)
+    assert 0 <= y0 <= y1 <= 48 and 0 <= x0 <= x1 <= 48
+    assert lam == pytest.approx(1 - (y1 - y0) * (x1 - x0) / 48**2)
+    assert cutmix_box(48, np.random.default_rng(seed)) == (y0, y1, x0, x1, lam)
+
+
+def test_cutmix_boxes_vary_in_size_over_the_whole_range():
+    lams = [cutmix_box(64, np.random.default_rng(s))[4] for s in range(400)]
+    # a box centred near an edge is clipped, so the photo keeps more than 1 - U(0, 1) on average
+    assert min(lams) < 0.25 and max(lams) > 0.95 and 0.55 < float(np.mean(lams)) < 0.8
+
+
+def test_paste_box_takes_the_box_from_the_partner_and_keeps_the_rest():
+    views = np.stack([np.full((16, 16, 3), v, np.uint8) for v in (10, 20, 30)])
+    before = views.copy()
+    out = paste_box(views, np.array([1, 2, 0]), (2, 6, 4, 12, 0.0))
+    np.testing.assert_array_equal(views, before)  # a copy, input untouched
+    for i, partner in enumerate((1, 2, 0)):
+        assert (out[i, 2:6, 4:12] == views[partner, 0, 0]).all()
+        mask = np.ones((16, 16), bool)
+        mask[2:6, 4:12] = False
+        assert (out[i][mask] == views[i, 0, 0]).all()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 from trainer_helpers import ROOT, TINY, fit, metrics, state
 
 from trainer.checkpoint import load_model
@@ -80,3 +83,49 @@ def test_two_process_ddp_run_on_cpu(tiny_catalogue, tmp_path):
     assert state(out)["step"] == 2
     assert '"world_size": 2' in (out / "config.json").read_text()
     load_model(out)
+
+
+def test_cutmix_run_lowers_the_loss(tiny_catalogue, tmp_path):
+    out = tmp_path / "run"
+    assert fit(tiny_catalogue, out, "--epochs", "12", "--lr", "5e-3", "--cutmix", "1") == 0
+    train = [m for m in metrics(out) if m["kind"] == "train"]
+    first = sum(m["loss"] for m in train[:3]) / 3
+    last = sum(m["loss"] for m in train[-3:]) / 3
+    assert last < first * 0.9, (first, last)
+    assert json.loads((out / "config.json").read_text())["train"]["loop"]["cutmix"] == 1.0
+
+
+@pytest.mark.parametrize("objective,cutmix", [("default", 0.5), ("ae", 0.0)])
+def test_cutmix_is_on_by_default_only_with_the_classifier(tiny_catalogue, tmp_path, objective, cutmix):
+    out = tmp_path / objective
+    assert fit(tiny_catalogue, out, "--epochs", "1", "--objective", objective) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["loop"]["cutmix"] == cutmix
+
+
+def test_cutmix_batches_paste_the_next_photo_into_every_view(tiny_catalogue):
+    from models.netconfig import NetConfig
+    from models.network import AutoEncoder
+    from models.preprocess import PreprocessSpec
+    from trainer.data import load_image_set
+    from trainer.ddp import Dist
+    from trainer.loop import LoopConfig, Trainer
+
+    net = NetConfig(width=8, depth=2, embedding_size=16, input=PreprocessSpec(size=32))
+    data = load_image_set(tiny_catalogue, net.input)
+    idx = np.arange(len(data))
+    dist = Dist(0, 1, torch.device("cpu"))
+    plain = Trainer(AutoEncoder(net), data, idx, idx[:0], LoopConfig(cutmix=0.0), dist)._views(0, np.arange(4))
+    mixed = Trainer(AutoEncoder(net), data, idx, idx[:0], LoopConfig(cutmix=1.0), dist)._views(0, np.arange(4))
+    assert plain.labels_b is None and plain.lam == 1.0
+    assert 0.0 < mixed.lam < 1.0
+    np.testing.assert_array_equal(mixed.labels, plain.labels)
+    np.testing.assert_array_equal(mixed.labels_b, np.roll(plain.labels.numpy(), 1))
+    for name in ("v1", "v2", "clean"):
+        a, b = getattr(plain, name), getattr(mixed, name)
+        changed = (a != b).any(dim=1)  # (N, H, W): pixels that differ in any channel
+        assert changed.any(), name
+        box = changed.any(dim=0)  # the same box in every photo of the batch
+        rows, cols = box.any(dim=1).nonzero(), box.any(dim=0).nonzero()
+        inside = (slice(None), slice(None), slice(int(rows.min()), int(rows.max()) + 1),
+                  slice(int(cols.min()), int(cols.max()) + 1))
+        torch.testing.assert_close(b[inside], a[np.roll(np.arange(4), 1)][inside])
