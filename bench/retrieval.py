@@ -141,9 +141,13 @@ def markdown(r: dict) -> str:
                      f"{v['iconic_recall@1']:.3f} | {v['iconic_recall@5']:.3f} | {ep} | {rate} |")
     rates = [v["train"]["img_per_s_median"] for v in r["rows"].values() if v.get("train", {}).get("img_per_s_median")]
     if rates:
+        def span(lo: float, hi: float) -> str:
+            return f"{lo:.0f}" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f}"
+
+        n = r["train_images"]
         lines += ["", "Training time is linear in catalogue size: one epoch takes images / (img/s) "
-                  f"seconds, here {r['train_images']} images / {min(rates):.0f}-{max(rates):.0f} img/s "
-                  f"= {r['train_images'] / max(rates):.0f}-{r['train_images'] / min(rates):.0f} s per epoch."]
+                  f"seconds, here {n} images / {span(min(rates), max(rates))} img/s "
+                  f"= {span(n / max(rates), n / min(rates))} s per epoch."]
     return "\n".join(lines) + "\n"
 
 

@@ -2,8 +2,9 @@
 
 Objectives (``--objective``): ``default`` = denoising reconstruction on every
 image + a cosine-margin classifier on labelled images + view invariance
-between two distorted views; ``ae`` = the plain denoising autoencoder
-(distorted in, clean out); ``metric`` = default without reconstruction.
+between two distorted views, with CutMix on half the batches (``--cutmix``);
+``ae`` = the plain denoising autoencoder (distorted in, clean out, no
+CutMix); ``metric`` = default without reconstruction.
 ``--w-recon/--w-metric/--w-inv`` override the weights.
 
 Bad input is found before RUN_DIR is created; every file in it is written

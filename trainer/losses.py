@@ -7,6 +7,8 @@
   directly shapes the cosine geometry that retrieval uses.
 - ``invariance``: two distorted views of one photo should embed alike
   (labelled or not), the denoising idea applied to the embedding.
+- CutMix (batches made in trainer.loop): a box of the next photo is pasted
+  into every view, and the classifier term weights both items by area.
 """
 
 from __future__ import annotations
