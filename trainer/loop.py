@@ -28,7 +28,7 @@ from trainer.ddp import Dist
 from trainer.distort import DEFAULT_MIN_AREA, clean_view, cutmix_box, distort, paste_box
 from trainer.embed import _normalise, embed_uint8
 from trainer.losses import CosineMarginHead, cosine_margin_loss, invariance, reconstruction
-from trainer.retrieval_metrics import top_k_accuracy
+from trainer.retrieval_metrics import mean_average_precision, top_k_accuracy
 
 __all__ = ["LoopConfig", "Trainer", "lr_at", "autocast_dtype"]
 
@@ -200,7 +200,9 @@ class Trainer:
                 self.module, device_ids=[d.device.index] if d.device.type == "cuda" else None,
                 find_unused_parameters=unused)
         self.step, self.epoch, self.elapsed_before = 0, 0, 0.0
-        self.best: float | None = None
+        self.best: float | None = None  # held-out mAP of best.safetensors
+        self.best_top1: float | None = None
+        self.best_step: int | None = None
         self.steps_per_epoch = sum(1 for _ in batches(len(train_idx), cfg.batch_size, 0, 0, d.rank, d.world))
 
     # -- data -------------------------------------------------------------
@@ -247,8 +249,9 @@ class Trainer:
             epoch, offset = epoch + 1, 0
 
     # -- validation -------------------------------------------------------
-    def validate(self) -> float | None:
-        """Top-1 by item of held-out photos against the training photos (clean views)."""
+    def validate(self) -> dict[str, float] | None:
+        """Held-out photos against the training photos (clean views): top-1 by
+        item and mean average precision."""
         if len(self.val_idx) == 0 or not self.d.main:
             return None
         size = self.spec.size
@@ -262,7 +265,8 @@ class Trainer:
                                self.spec, self.d.device)
 
         sim = emb(self.val_idx) @ emb(lab_train).T
-        return top_k_accuracy(sim, self.data.labels[self.val_idx], self.data.labels[lab_train], 1)
+        q, g = self.data.labels[self.val_idx], self.data.labels[lab_train]
+        return {"top1": top_k_accuracy(sim, q, g, 1), "mAP": mean_average_precision(sim, q, g)}
 
     # -- the loop ---------------------------------------------------------
     def progress(self, elapsed: float) -> float:

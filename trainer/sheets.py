@@ -71,14 +71,16 @@ def plot_curves(metrics_jsonl: Path, out_png: Path) -> None:
     import matplotlib.pyplot as plt
 
     train: dict[str, list[tuple[int, float]]] = {}
-    val: list[tuple[int, float]] = []
+    val: dict[str, list[tuple[int, float]]] = {}
     for line in metrics_jsonl.read_text().splitlines():
         try:
             m = json.loads(line)
         except ValueError:
             continue
-        if m.get("kind") == "val" and m.get("val_top1") is not None:
-            val.append((m["step"], m["val_top1"]))
+        if m.get("kind") == "val":
+            for k in ("val_top1", "val_mAP"):
+                if m.get(k) is not None:
+                    val.setdefault(k[len("val_"):], []).append((m["step"], m[k]))
         elif m.get("kind") == "train":
             for k, v in m.items():
                 if k.startswith("loss") and v is not None:
@@ -90,10 +92,12 @@ def plot_curves(metrics_jsonl: Path, out_png: Path) -> None:
     a1.set_title("training loss")
     if train:
         a1.legend(fontsize=7)
-    if val:
-        a2.plot(*zip(*val, strict=False), marker="o")
+    for k, pts in sorted(val.items()):
+        a2.plot(*zip(*pts, strict=False), marker="o", label=k)
     a2.set_xlabel("step")
-    a2.set_title("validation top-1 (held-out photos)")
+    a2.set_title("validation (held-out photos)")
+    if val:
+        a2.legend(fontsize=7)
     a2.set_ylim(0, 1)
     fig.tight_layout()
     tmp = out_png.with_name(f".{out_png.name}.tmp-{os.getpid()}.png")

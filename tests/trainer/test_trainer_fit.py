@@ -129,3 +129,39 @@ def test_cutmix_batches_paste_the_next_photo_into_every_view(tiny_catalogue):
         inside = (slice(None), slice(None), slice(int(rows.min()), int(rows.max()) + 1),
                   slice(int(cols.min()), int(cols.max()) + 1))
         torch.testing.assert_close(b[inside], a[np.roll(np.arange(4), 1)][inside])
+
+
+def test_best_checkpoint_is_chosen_by_held_out_map_not_top1(tiny_catalogue, tmp_path):
+    from safetensors.torch import load_file
+
+    from models.netconfig import NetConfig
+    from models.network import AutoEncoder
+    from models.preprocess import PreprocessSpec
+    from trainer.data import load_image_set
+    from trainer.ddp import Dist
+    from trainer.fit import FitHooks
+    from trainer.loop import LoopConfig, Trainer
+
+    net = NetConfig(width=8, depth=2, embedding_size=16, input=PreprocessSpec(size=32))
+    data = load_image_set(tiny_catalogue, net.input)
+    idx = np.arange(len(data))
+    tr = Trainer(AutoEncoder(net), data, idx[2:], idx[:2], LoopConfig(), Dist(0, 1, torch.device("cpu")))
+    real = tr.validate()
+    assert set(real) == {"top1", "mAP"} and 0 <= real["mAP"] <= 1
+    hooks = FitHooks(tmp_path, tr.d, progress=False)
+    # top-1 saturates on held-out photos of the training sessions; mAP keeps ranking
+    scores = iter([{"top1": 0.9, "mAP": 0.50}, {"top1": 1.0, "mAP": 0.45}, {"top1": 0.95, "mAP": 0.60}])
+    tr.validate = lambda: next(scores)
+    kept = {}
+    for step in (10, 20, 30):
+        tr.step = step
+        with torch.no_grad():
+            tr.model.encoder.proj.bias.fill_(step)  # tell the checkpoints apart
+        hooks.validate(tr)
+        kept[step] = load_file(str(tmp_path / "best.safetensors"))["encoder.proj.bias"][0].item()
+    assert kept == {10: 10.0, 20: 10.0, 30: 30.0}
+    assert (tr.best, tr.best_top1, tr.best_step) == (0.60, 0.95, 30)
+    vals = [m for m in metrics(tmp_path) if m["kind"] == "val"]
+    assert [(m["val_top1"], m["val_mAP"]) for m in vals] == [(0.9, 0.5), (1.0, 0.45), (0.95, 0.6)]
+    hooks.save(tr, 1.0)
+    assert (state(tmp_path)["best_val_mAP"], state(tmp_path)["best_step"]) == (0.60, 30)
