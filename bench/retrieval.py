@@ -114,7 +114,7 @@ def main() -> int:
     from trainer.loop import autocast_dtype
 
     amp = autocast_dtype(torch.device("cpu"), "auto")
-    result = {"time": stamp, "minutes_per_objective": a.minutes, "cpu_count": os.cpu_count(),
+    result = {"time": stamp, "minutes_per_objective": a.minutes, "seed": a.seed, "cpu_count": os.cpu_count(),
               "torch": torch.__version__, "fit_args": a.fit_arg,
               "training_precision": "bf16 autocast" if amp is torch.bfloat16 else "fp32",
               "load_avg_1m_end": os.getloadavg()[0], "train_images": len(cats["train"]),
@@ -128,7 +128,8 @@ def main() -> int:
 
 def markdown(r: dict) -> str:
     lines = [f"Grocery Store val ({r['val_images']} photos) vs train gallery ({r['train_images']}), "
-             f"{r['minutes_per_objective']:g} min training per objective, {r['cpu_count']} CPU cores "
+             f"{r['minutes_per_objective']:g} min training per objective"
+             + (f" (seed {r['seed']})" if "seed" in r else "") + f", {r['cpu_count']} CPU cores "
              f"(load {r['load_avg_1m_end']:.1f} at the end), training in {r.get('training_precision', 'fp32')}"
              + (f", fit flags {' '.join(r['fit_args'])}" if r.get("fit_args") else "") + ".", "",
              "| method | top-1 | top-5 | mAP | iconic R@1 | iconic R@5 | epochs | img/s |",
