@@ -48,6 +48,17 @@ NET_DEFAULTS = NetConfig()
 # recognising a photo session by its whole-frame context. Only with the
 # classifier term: the plain autoencoder (--objective ae) stays plain.
 DEFAULT_CUTMIX = 0.5
+# Progressive resizing: views of 2/3 the input side (64 px for 96) for the
+# first half of the run, then full size. On the grocery benchmark (30 min, 2-core
+# CPU) the early views train twice as fast, so a run sees 1.5x the epochs.
+DEFAULT_EARLY_UNTIL = 0.5
+
+
+def default_early_size(size: int, smallest: int) -> int:
+    """2/3 of ``size`` rounded down to a multiple of 8 (96 -> 64), or 0 (off)
+    when that is under ``smallest`` (a 1x1 feature map)."""
+    early = size * 2 // 3 // 8 * 8
+    return early if smallest <= early < size else 0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,6 +91,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"weighted by area); default {DEFAULT_CUTMIX} with the classifier term, 0 without")
     p.add_argument("--min-crop-area", type=float, default=DEFAULT_MIN_AREA,
                    help="smallest random crop as a share of the photo (zoom range of the views)")
+    p.add_argument("--early-size", type=int, metavar="PX",
+                   help="progressive resizing: train on views of PX pixels (smaller than --size, so faster) "
+                        "for the first --early-until share of the run, then at --size; default 2/3 of --size "
+                        "rounded down to a multiple of 8 (64 for 96), 0 = off")
+    p.add_argument("--early-until", type=float, default=DEFAULT_EARLY_UNTIL,
+                   help="share of the run (time or epochs) trained at --early-size")
     p.add_argument("--val-fraction", type=float, default=0.05,
                    help="share of each item's photos held out to pick the best checkpoint")
     p.add_argument("--val-every", type=float, default=120.0, help="seconds between validations")
@@ -108,6 +125,12 @@ def _check_args(a: argparse.Namespace) -> None:
     check_min_area(a.min_crop_area)
     if a.cutmix is not None and not 0 <= a.cutmix <= 1:
         raise ConfigError(f"--cutmix must be in [0, 1], got {a.cutmix}")
+    smallest = 2**a.depth * a.stem_stride  # a 1x1 feature map
+    if a.early_size and not smallest <= a.early_size < a.size:
+        raise ConfigError(f"--early-size must be 0 (off) or from {smallest} to --size - 1 ({a.size - 1}), "
+                          f"got {a.early_size}")
+    if not 0 <= a.early_until <= 1:
+        raise ConfigError(f"--early-until must be in [0, 1], got {a.early_until}")
     if not 0 <= a.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {a.val_fraction}")
     for n in ("w_recon", "w_metric", "w_inv"):
@@ -147,11 +170,13 @@ def _loop_config(a: argparse.Namespace) -> LoopConfig:
     w_metric = wm if a.w_metric is None else a.w_metric
     cutmix = a.cutmix if a.cutmix is not None else DEFAULT_CUTMIX if w_metric > 0 else 0.0
     epochs = a.epochs if (a.epochs is not None or a.minutes is not None) else 30.0
+    early = a.early_size if a.early_size is not None else default_early_size(a.size, 2**a.depth * a.stem_stride)
     return LoopConfig(
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         w_recon=wr if a.w_recon is None else a.w_recon, w_metric=w_metric,
         w_inv=wi if a.w_inv is None else a.w_inv, scale=a.scale, margin=a.margin, strength=a.strength,
-        min_area=a.min_crop_area, cutmix=cutmix, precision=a.precision, epochs=epochs, minutes=a.minutes, seed=a.seed, val_every_s=a.val_every,
+        min_area=a.min_crop_area, cutmix=cutmix, early_size=early, early_until=a.early_until,
+        precision=a.precision, epochs=epochs, minutes=a.minutes, seed=a.seed, val_every_s=a.val_every,
         save_every_s=a.save_every, log_every_s=a.log_every, progress=not a.no_progress)
 
 
@@ -200,7 +225,7 @@ class FitHooks(TrainHooks):
     def log_train(self, tr: Trainer, losses: dict, rate: float, lr: float) -> None:
         if self.d.main:
             self._append({"kind": "train", "step": tr.step, "epoch": tr.epoch, "lr": lr,
-                          "img_per_s": round(rate, 1), "time": round(time.time(), 1),
+                          "view_size": tr.view_size(max(0, tr.step - 1)), "img_per_s": round(rate, 1), "time": round(time.time(), 1),
                           **{k: round(v, 5) for k, v in losses.items()}})
 
     def validate(self, tr: Trainer) -> None:

@@ -50,6 +50,8 @@ class LoopConfig:
     precision: str = "auto"
     min_area: float = DEFAULT_MIN_AREA
     cutmix: float = 0.0
+    early_size: int = 0  # progressive resizing: views this many px (0 = off) ...
+    early_until: float = 0.0  # ... until this share of the run, then the input size
     epochs: float | None = None
     minutes: float | None = None
     seed: int = 0
@@ -200,14 +202,24 @@ class Trainer:
                 self.module, device_ids=[d.device.index] if d.device.type == "cuda" else None,
                 find_unused_parameters=unused)
         self.step, self.epoch, self.elapsed_before = 0, 0, 0.0
+        self._t0: float | None = None  # monotonic start of the current run() (read by the batch thread)
         self.best: float | None = None  # held-out mAP of best.safetensors
         self.best_top1: float | None = None
         self.best_step: int | None = None
         self.steps_per_epoch = sum(1 for _ in batches(len(train_idx), cfg.batch_size, 0, 0, d.rank, d.world))
 
     # -- data -------------------------------------------------------------
+    def view_size(self, step: int) -> int:
+        """Side of the training views at ``step``: ``early_size`` for the first
+        ``early_until`` of the run (more epochs in the same time), then the input size."""
+        c = self.cfg
+        if not c.early_size or c.early_until <= 0:
+            return self.spec.size
+        elapsed = self.elapsed_before + (time.monotonic() - self._t0 if self._t0 is not None else 0.0)
+        return c.early_size if self.progress(elapsed, step) < c.early_until else self.spec.size
+
     def _views(self, step: int, idx: np.ndarray) -> Batch:
-        size, s, seed, area = self.spec.size, self.cfg.strength, self.cfg.seed, self.cfg.min_area
+        size, s, seed, area = self.view_size(step), self.cfg.strength, self.cfg.seed, self.cfg.min_area
         two = self.module.two_views()
         imgs = self.data.images[self.train_idx[idx]]
         v1 = np.stack([distort(im, size, np.random.default_rng([seed, step, self.d.rank, i, 1]), s, area)
@@ -269,18 +281,18 @@ class Trainer:
         return {"top1": top_k_accuracy(sim, q, g, 1), "mAP": mean_average_precision(sim, q, g)}
 
     # -- the loop ---------------------------------------------------------
-    def progress(self, elapsed: float) -> float:
+    def progress(self, elapsed: float, step: int | None = None) -> float:
         c = self.cfg
         p = 0.0
         if c.epochs is not None:
-            p = max(p, self.step / max(1.0, c.epochs * self.steps_per_epoch))
+            p = max(p, (self.step if step is None else step) / max(1.0, c.epochs * self.steps_per_epoch))
         if c.minutes is not None:
             p = max(p, elapsed / max(1e-6, c.minutes * 60.0))
         return p
 
     def run(self, hooks: TrainHooks) -> int:
         c = self.cfg
-        t0 = time.monotonic()
+        t0 = self._t0 = time.monotonic()
         last_val = last_save = last_log = t0
         seen, t_rate, sums, n_sums = 0, t0, {}, 0
         self.module.train()

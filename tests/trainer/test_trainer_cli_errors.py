@@ -100,6 +100,9 @@ def test_resume_of_a_folder_that_is_not_a_run(tiny_catalogue, tmp_path, capsys):
     (["--min-crop-area", "0"], "--min-crop-area"),
     (["--stem-stride", "3"], "--stem-stride"),
     (["--cutmix", "1.5"], "--cutmix"),
+    (["--early-size", "32"], "--early-size"),  # not smaller than --size 32
+    (["--early-size", "2"], "--early-size"),  # under a 1x1 feature map
+    (["--early-size", "16", "--early-until", "2"], "--early-until"),
 ])
 def test_bad_values(tiny_catalogue, tmp_path, capsys, flags, needle):
     out = tmp_path / "run"

@@ -131,6 +131,39 @@ def test_cutmix_batches_paste_the_next_photo_into_every_view(tiny_catalogue):
         torch.testing.assert_close(b[inside], a[np.roll(np.arange(4), 1)][inside])
 
 
+def test_progressive_resizing_makes_small_views_early_then_full_size(tiny_catalogue, tmp_path):
+    from models.netconfig import NetConfig
+    from models.network import AutoEncoder
+    from models.preprocess import PreprocessSpec
+    from trainer.data import load_image_set
+    from trainer.ddp import Dist
+    from trainer.loop import LoopConfig, Trainer
+
+    net = NetConfig(width=8, depth=2, embedding_size=16, input=PreprocessSpec(size=32))
+    data = load_image_set(tiny_catalogue, net.input)
+    idx = np.arange(len(data))
+    cfg = LoopConfig(batch_size=4, epochs=4, early_size=16, early_until=0.5, cutmix=1.0)
+    tr = Trainer(AutoEncoder(net), data, idx, idx[:0], cfg, Dist(0, 1, torch.device("cpu")))
+    half = 2 * tr.steps_per_epoch  # progress 0.5 of a 4-epoch run
+    for step, side in ((0, 16), (half - 1, 16), (half, 32), (4 * tr.steps_per_epoch - 1, 32)):
+        b = tr._views(step, np.arange(4))
+        assert b.v1.shape[-2:] == b.v2.shape[-2:] == b.clean.shape[-2:] == (side, side), step
+    # a whole run through the switch, with the default (2/3 of --size 32, to a multiple of 8)
+    out = tmp_path / "run"
+    assert fit(tiny_catalogue, out, "--epochs", "2") == 0
+    loop = json.loads((out / "config.json").read_text())["train"]["loop"]
+    assert (loop["early_size"], loop["early_until"]) == (16, 0.5)
+    train = [m for m in metrics(out) if m["kind"] == "train"]
+    assert [m["view_size"] for m in train] == [16, 16, 32, 32]  # 2 steps per epoch
+    assert all(np.isfinite(m["loss"]) for m in train)
+
+
+def test_default_early_size_is_two_thirds_of_the_input_or_off():
+    from trainer.fit import default_early_size
+
+    assert [default_early_size(s, 16) for s in (96, 128, 64, 24, 16)] == [64, 80, 40, 16, 0]
+
+
 def test_best_checkpoint_is_chosen_by_held_out_map_not_top1(tiny_catalogue, tmp_path):
     from safetensors.torch import load_file
 
