@@ -5,7 +5,9 @@ image + a cosine-margin classifier on labelled images + view invariance
 between two distorted views, with CutMix on half the batches (``--cutmix``);
 ``ae`` = the plain denoising autoencoder (distorted in, clean out, no
 CutMix); ``metric`` = default without reconstruction.
-``--w-recon/--w-metric/--w-inv`` override the weights.
+``--w-recon/--w-metric/--w-inv`` override the weights. Every objective
+trains the first half of the run on smaller views (``--early-size``,
+progressive resizing).
 
 Bad input is found before RUN_DIR is created; every file in it is written
 atomically, so an interrupted run leaves a resumable folder, never a torn

@@ -5,6 +5,10 @@ each (made by a background thread, so OpenCV work overlaps the network), one
 encoder pass over both views, then the weighted objective of trainer.losses.
 Schedule, stopping and checkpoints follow one "progress" number in [0, 1]:
 max(step / total steps, elapsed / time budget), agreed by all DDP ranks.
+Progressive resizing: views are cut at ``early_size`` until ``early_until``
+of that progress, then at the input size (the batch thread reads its own
+clock, so under a time budget DDP ranks may switch a few steps apart; each
+rank's gradients are still averaged as usual).
 """
 
 from __future__ import annotations
