@@ -139,7 +139,7 @@ def markdown(r: dict) -> str:
     for name, v in r["rows"].items():
         t = v.get("train", {})
         ep = t.get("epochs", "")
-        rate = t.get("img_per_s", t.get("img_per_s_median", ""))
+        rate = t.get("img_per_s", "")
         lines.append(f"| {name} | {v['top1']:.3f} | {v['top5']:.3f} | {v['mAP']:.3f} | "
                      f"{v['iconic_recall@1']:.3f} | {v['iconic_recall@5']:.3f} | {ep} | {rate} |")
     rates = [v["train"]["img_per_s"] for v in r["rows"].values() if v.get("train", {}).get("img_per_s")]

@@ -63,6 +63,11 @@ def default_early_size(size: int, smallest: int) -> int:
     return early if smallest <= early < size else 0
 
 
+def _smallest_side(a: argparse.Namespace) -> int:
+    """The smallest input side that still leaves a 1x1 feature map."""
+    return 2**a.depth * a.stem_stride
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("catalogue", help="catalogue folder tree or CSV path,item_id[,name]")
     p.add_argument("--out", required=True, help="run folder to create (or continue with --resume)")
@@ -127,7 +132,7 @@ def _check_args(a: argparse.Namespace) -> None:
     check_min_area(a.min_crop_area)
     if a.cutmix is not None and not 0 <= a.cutmix <= 1:
         raise ConfigError(f"--cutmix must be in [0, 1], got {a.cutmix}")
-    smallest = 2**a.depth * a.stem_stride  # a 1x1 feature map
+    smallest = _smallest_side(a)
     if a.early_size and not smallest <= a.early_size < a.size:
         raise ConfigError(f"--early-size must be 0 (off) or from {smallest} to --size - 1 ({a.size - 1}), "
                           f"got {a.early_size}")
@@ -172,7 +177,7 @@ def _loop_config(a: argparse.Namespace) -> LoopConfig:
     w_metric = wm if a.w_metric is None else a.w_metric
     cutmix = a.cutmix if a.cutmix is not None else DEFAULT_CUTMIX if w_metric > 0 else 0.0
     epochs = a.epochs if (a.epochs is not None or a.minutes is not None) else 30.0
-    early = a.early_size if a.early_size is not None else default_early_size(a.size, 2**a.depth * a.stem_stride)
+    early = a.early_size if a.early_size is not None else default_early_size(a.size, _smallest_side(a))
     return LoopConfig(
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         w_recon=wr if a.w_recon is None else a.w_recon, w_metric=w_metric,
@@ -227,7 +232,8 @@ class FitHooks(TrainHooks):
     def log_train(self, tr: Trainer, losses: dict, rate: float, lr: float) -> None:
         if self.d.main:
             self._append({"kind": "train", "step": tr.step, "epoch": tr.epoch, "lr": lr,
-                          "view_size": tr.view_size(max(0, tr.step - 1)), "img_per_s": round(rate, 1), "time": round(time.time(), 1),
+                          "view_size": tr.view_size(max(0, tr.step - 1)),  # of the last step trained
+                          "img_per_s": round(rate, 1), "time": round(time.time(), 1),
                           **{k: round(v, 5) for k, v in losses.items()}})
 
     def validate(self, tr: Trainer) -> None:

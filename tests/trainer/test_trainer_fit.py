@@ -102,20 +102,26 @@ def test_cutmix_is_on_by_default_only_with_the_classifier(tiny_catalogue, tmp_pa
     assert json.loads((out / "config.json").read_text())["train"]["loop"]["cutmix"] == cutmix
 
 
-def test_cutmix_batches_paste_the_next_photo_into_every_view(tiny_catalogue):
+def _tiny_trainer(catalogue, cfg, n_val: int = 0):
+    """A Trainer of the tiny network on the tiny catalogue; the first n_val photos held out."""
     from models.netconfig import NetConfig
     from models.network import AutoEncoder
     from models.preprocess import PreprocessSpec
     from trainer.data import load_image_set
     from trainer.ddp import Dist
-    from trainer.loop import LoopConfig, Trainer
+    from trainer.loop import Trainer
 
     net = NetConfig(width=8, depth=2, embedding_size=16, input=PreprocessSpec(size=32))
-    data = load_image_set(tiny_catalogue, net.input)
+    data = load_image_set(catalogue, net.input)
     idx = np.arange(len(data))
-    dist = Dist(0, 1, torch.device("cpu"))
-    plain = Trainer(AutoEncoder(net), data, idx, idx[:0], LoopConfig(cutmix=0.0), dist)._views(0, np.arange(4))
-    mixed = Trainer(AutoEncoder(net), data, idx, idx[:0], LoopConfig(cutmix=1.0), dist)._views(0, np.arange(4))
+    return Trainer(AutoEncoder(net), data, idx[n_val:], idx[:n_val], cfg, Dist(0, 1, torch.device("cpu")))
+
+
+def test_cutmix_batches_paste_the_next_photo_into_every_view(tiny_catalogue):
+    from trainer.loop import LoopConfig
+
+    plain = _tiny_trainer(tiny_catalogue, LoopConfig(cutmix=0.0))._views(0, np.arange(4))
+    mixed = _tiny_trainer(tiny_catalogue, LoopConfig(cutmix=1.0))._views(0, np.arange(4))
     assert plain.labels_b is None and plain.lam == 1.0
     assert 0.0 < mixed.lam < 1.0
     np.testing.assert_array_equal(mixed.labels, plain.labels)
@@ -132,18 +138,9 @@ def test_cutmix_batches_paste_the_next_photo_into_every_view(tiny_catalogue):
 
 
 def test_progressive_resizing_makes_small_views_early_then_full_size(tiny_catalogue, tmp_path):
-    from models.netconfig import NetConfig
-    from models.network import AutoEncoder
-    from models.preprocess import PreprocessSpec
-    from trainer.data import load_image_set
-    from trainer.ddp import Dist
-    from trainer.loop import LoopConfig, Trainer
+    from trainer.loop import LoopConfig
 
-    net = NetConfig(width=8, depth=2, embedding_size=16, input=PreprocessSpec(size=32))
-    data = load_image_set(tiny_catalogue, net.input)
-    idx = np.arange(len(data))
-    cfg = LoopConfig(batch_size=4, epochs=4, early_size=16, early_until=0.5, cutmix=1.0)
-    tr = Trainer(AutoEncoder(net), data, idx, idx[:0], cfg, Dist(0, 1, torch.device("cpu")))
+    tr = _tiny_trainer(tiny_catalogue, LoopConfig(batch_size=4, epochs=4, early_size=16, early_until=0.5, cutmix=1.0))
     half = 2 * tr.steps_per_epoch  # progress 0.5 of a 4-epoch run
     for step, side in ((0, 16), (half - 1, 16), (half, 32), (4 * tr.steps_per_epoch - 1, 32)):
         b = tr._views(step, np.arange(4))
@@ -167,18 +164,10 @@ def test_default_early_size_is_two_thirds_of_the_input_or_off():
 def test_best_checkpoint_is_chosen_by_held_out_map_not_top1(tiny_catalogue, tmp_path):
     from safetensors.torch import load_file
 
-    from models.netconfig import NetConfig
-    from models.network import AutoEncoder
-    from models.preprocess import PreprocessSpec
-    from trainer.data import load_image_set
-    from trainer.ddp import Dist
     from trainer.fit import FitHooks
-    from trainer.loop import LoopConfig, Trainer
+    from trainer.loop import LoopConfig
 
-    net = NetConfig(width=8, depth=2, embedding_size=16, input=PreprocessSpec(size=32))
-    data = load_image_set(tiny_catalogue, net.input)
-    idx = np.arange(len(data))
-    tr = Trainer(AutoEncoder(net), data, idx[2:], idx[:2], LoopConfig(), Dist(0, 1, torch.device("cpu")))
+    tr = _tiny_trainer(tiny_catalogue, LoopConfig(), n_val=2)
     real = tr.validate()
     assert set(real) == {"top1", "mAP"} and 0 <= real["mAP"] <= 1
     hooks = FitHooks(tmp_path, tr.d, progress=False)
