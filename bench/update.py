@@ -34,8 +34,8 @@ from upd_synth import build_bundle  # noqa: E402
 
 from deploy.serve import serve_in_thread  # noqa: E402
 from deploy.sign import sign_bundle  # noqa: E402
-from edge_runtime.store import BundleStore  # noqa: E402
-from edge_runtime.update_commands import make_update_command  # noqa: E402
+from edge_runtime.update.commands import make_update_command  # noqa: E402
+from edge_runtime.update.store import BundleStore  # noqa: E402
 from models.signing import write_keypair  # noqa: E402
 
 

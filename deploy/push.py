@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from deploy import fleet
-from edge_runtime.fetch import fetch_bytes, resolve_url
-from edge_runtime.update_commands import make_update_command
+from edge_runtime.update.commands import make_update_command
+from edge_runtime.update.fetch import fetch_bytes, resolve_url
 from models.bundle import SIGNATURE
 from models.errors import ConfigError, KioskError
 from models.signing import decode_signature

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from deploy import fleet
-from edge_runtime.update_commands import make_rollback_command
+from edge_runtime.update.commands import make_rollback_command
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

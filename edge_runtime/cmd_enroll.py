@@ -5,7 +5,7 @@ bumping bundle_version. No training, no torch.
 
 The new bundle is unsigned (its manifest changed); a kiosk that only accepts
 signed updates gets enrolled items through a signed release instead. On a
-bundle store (``edge_runtime.store``) the result is installed as a new
+bundle store (``edge_runtime.update.store``) the result is installed as a new
 release; a running `edge-runtime run` picks it up at its next start."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--name applies to a single ITEM_FOLDER")
         names = {args.item_id or args.folders[0].resolve().name: args.name}
     bundle_dir, store = args.bundle_dir, None
-    from edge_runtime.store import BundleStore, is_store
+    from edge_runtime.update.store import BundleStore, is_store
 
     if is_store(bundle_dir):
         store = BundleStore(bundle_dir)

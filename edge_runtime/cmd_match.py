@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edge_runtime.matcher import Matcher
-    from edge_runtime.store import resolve_bundle
+    from edge_runtime.update.store import resolve_bundle
 
     if args.top_k < 1:
         from models.errors import ConfigError

@@ -120,14 +120,14 @@ class Kiosk:
     def _bundle_dir(self) -> tuple[Path, Any]:
         cfg = self.cfg
         if cfg.update.enabled:
-            from edge_runtime.store import BundleStore, is_store
+            from edge_runtime.update.store import BundleStore, is_store
 
             store = BundleStore(cfg.update.store_dir, keep=cfg.update.keep)
             if not is_store(cfg.update.store_dir):
                 store.init_from(cfg.bundle.path)
             return store.recover(), store
         try:
-            from edge_runtime.store import resolve_bundle
+            from edge_runtime.update.store import resolve_bundle
         except ImportError:
             return Path(cfg.bundle.path), None
         return resolve_bundle(cfg.bundle.path), None
@@ -195,7 +195,7 @@ class Kiosk:
         updater = server = None
         try:   # everything that can refuse to start does so before anything runs
             if cfg.update.enabled:
-                from edge_runtime.updater import Updater
+                from edge_runtime.update.updater import Updater
 
                 updater = Updater(store, mqtt, pipeline, cfg.update, edge_runtime.__version__,
                                   open_matcher=self.open_matcher)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from edge_runtime.update_config import UpdateConfig
+from edge_runtime.update.config import UpdateConfig
 from models.errors import ConfigError
 
 if sys.version_info >= (3, 11):

@@ -13,7 +13,7 @@ PRECISION="${KIOSK_PRECISION:-fp16}"
 
 if [ ! -e "$STORE/current" ] && [ ! -f "$STORE/manifest.json" ] && [ -f "$SEED/manifest.json" ]; then
   echo "kiosk: seeding bundle store $STORE from $SEED" >&2
-  python3 -m edge_runtime.store init "$STORE" "$SEED"
+  python3 -m edge_runtime.update.store init "$STORE" "$SEED"
 fi
 
 ACTIVE=""

@@ -79,7 +79,7 @@ def test_enroll_errors_are_one_line(tiny_bundle, tmp_path):
 
 
 def test_enroll_on_a_bundle_store_installs_a_new_release(tiny_bundle, tiny_catalogue, tmp_path):
-    from edge_runtime.store import BundleStore
+    from edge_runtime.update.store import BundleStore
 
     store = BundleStore(tmp_path / "store")
     first = store.init_from(tiny_bundle)

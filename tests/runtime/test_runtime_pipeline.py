@@ -221,7 +221,7 @@ def test_systemd_ready_watchdog_and_stopping(tmp_path, monkeypatch, broker, shop
 def test_update_enabled_seeds_a_store_and_runs_from_it(tmp_path, broker, shop_clip, pixel_bundle):
     """[update] enabled: the bundle folder seeds a bundle store, the kiosk runs
     its active release and listens for update commands."""
-    from edge_runtime.store import is_store
+    from edge_runtime.update.store import is_store
     from models.signing import write_keypair
 
     _, public, _ = write_keypair(tmp_path / "keys")

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge_runtime.store import BundleStore, resolve_bundle
+from edge_runtime.update.store import BundleStore, resolve_bundle
 from models.bundle import verify_bundle
 
 KILLS = 50

@@ -9,8 +9,8 @@ import os
 
 from deploy.sign import sign_bundle
 from edge_runtime.encoders.select import DeviceInfo, find_engine
-from edge_runtime.update_config import UpdateConfig
-from edge_runtime.updater import prepare_tensorrt_engine, stage_release
+from edge_runtime.update.config import UpdateConfig
+from edge_runtime.update.updater import prepare_tensorrt_engine, stage_release
 from models.bundle import Manifest, artifact_for, read_manifest, verify_bundle, write_manifest
 from models.signing import load_public_keys
 

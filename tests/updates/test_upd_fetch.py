@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from edge_runtime.fetch import download_file, fetch_bytes, resolve_url
+from edge_runtime.update.fetch import download_file, fetch_bytes, resolve_url
 from models.errors import UpdateError
 
 BODY = bytes(range(256)) * 40  # 10240 bytes

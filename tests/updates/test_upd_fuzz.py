@@ -9,7 +9,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.update_commands import (
+from edge_runtime.update.commands import (
     parse_rollback_command,
     parse_update_command,
     verified_manifest,

@@ -11,12 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edge_runtime.store import BundleStore
+from edge_runtime.update.store import BundleStore
 
 REPO = Path(__file__).resolve().parents[2]
-UPDATE_PATH = ["models/signing.py", "models/bundle.py", "edge_runtime/store.py",
-               "edge_runtime/fetch.py", "edge_runtime/updater.py", "edge_runtime/update_commands.py",
-               "edge_runtime/update_config.py", "edge_runtime/matcher.py"]
+UPDATE_PATH = ["models/signing.py", "models/bundle.py", "edge_runtime/matcher.py",
+               *sorted(p.relative_to(REPO).as_posix()
+                       for p in (REPO / "edge_runtime" / "update").glob("*.py"))]
 
 
 def test_update_in_fresh_interpreter_imports_no_torch_and_unpickles_nothing(broker, tmp_path, site):

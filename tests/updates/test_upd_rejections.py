@@ -14,8 +14,8 @@ from upd_harness import KioskUnderTest, Operator
 
 from deploy.cli import main as deploy_main
 from deploy.sign import sign_bundle
-from edge_runtime.store import BundleStore
-from edge_runtime.update_commands import make_rollback_command, make_update_command
+from edge_runtime.update.commands import make_rollback_command, make_update_command
+from edge_runtime.update.store import BundleStore
 from models.bundle import read_manifest, sha256_file
 from models.images import read_image
 from models.signing import encode_signature, load_private_key, sign

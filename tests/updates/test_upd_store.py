@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from edge_runtime.store import BundleStore, resolve_bundle
+from edge_runtime.update.store import BundleStore, resolve_bundle
 from models.bundle import read_manifest, verify_bundle
 from models.errors import BundleError, UpdateError
 
@@ -93,12 +93,12 @@ def test_resolve_bundle_plain_folder_and_init_from(tmp_path, site):
 def test_store_module_cli(tmp_path, site):
     root = tmp_path / "cli-store"
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    out = subprocess.run([sys.executable, "-m", "edge_runtime.store", "init", str(root),
+    out = subprocess.run([sys.executable, "-m", "edge_runtime.update.store", "init", str(root),
                           str(site.root / "v1")], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
-    out = subprocess.run([sys.executable, "-m", "edge_runtime.store", "show", str(root)],
+    out = subprocess.run([sys.executable, "-m", "edge_runtime.update.store", "show", str(root)],
                          capture_output=True, text=True, env=env)
     assert "bundle_version 1" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "edge_runtime.store", "init", str(root),
+    out = subprocess.run([sys.executable, "-m", "edge_runtime.update.store", "init", str(root),
                           str(tmp_path / "missing")], capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "missing" in out.stderr and "Traceback" not in out.stderr

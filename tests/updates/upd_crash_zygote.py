@@ -12,11 +12,11 @@ import json
 import os
 import sys
 
-from edge_runtime.fetch import fetch_bytes
-from edge_runtime.store import BundleStore
-from edge_runtime.update_commands import verified_manifest
-from edge_runtime.update_config import UpdateConfig
-from edge_runtime.updater import stage_release
+from edge_runtime.update.commands import verified_manifest
+from edge_runtime.update.config import UpdateConfig
+from edge_runtime.update.fetch import fetch_bytes
+from edge_runtime.update.store import BundleStore
+from edge_runtime.update.updater import stage_release
 from models.signing import load_public_keys
 
 

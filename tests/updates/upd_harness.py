@@ -19,9 +19,9 @@ from edge_runtime.matcher import Matcher
 from edge_runtime.mqtt import KioskMqtt
 from edge_runtime.pipeline import Pipeline, PipelineOptions
 from edge_runtime.sources import CaptureSource, ImageFolderCapture
-from edge_runtime.store import BundleStore
-from edge_runtime.update_config import UpdateConfig
-from edge_runtime.updater import Updater
+from edge_runtime.update.config import UpdateConfig
+from edge_runtime.update.store import BundleStore
+from edge_runtime.update.updater import Updater
 
 FINAL = ("active", "rejected", "rolled_back")
 ASYNCAPI = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"

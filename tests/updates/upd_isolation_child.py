@@ -30,10 +30,10 @@ def main() -> None:
     from edge_runtime.matcher import Matcher
     from edge_runtime.mqtt import KioskMqtt
     from edge_runtime.pipeline import Pipeline, PipelineOptions
-    from edge_runtime.store import BundleStore, resolve_bundle
-    from edge_runtime.update_commands import make_update_command
-    from edge_runtime.update_config import UpdateConfig
-    from edge_runtime.updater import Updater
+    from edge_runtime.update.commands import make_update_command
+    from edge_runtime.update.config import UpdateConfig
+    from edge_runtime.update.store import BundleStore, resolve_bundle
+    from edge_runtime.update.updater import Updater
 
     store = BundleStore(store_root)
     mqtt = KioskMqtt(MqttConfig(host="127.0.0.1", port=int(port)), "iso")

@@ -18,8 +18,8 @@ rewritten, so an index memory-mapped by the running matcher is never
 truncated under it (SIGBUS). Pruning renames a release into staging/ before
 deleting it, so a half-deleted release is never visible under releases/.
 
-``python -m edge_runtime.store init STORE BUNDLE_DIR`` seeds a store from a
-bundle folder; ``python -m edge_runtime.store show STORE`` prints its state.
+``python -m edge_runtime.update.store init STORE BUNDLE_DIR`` seeds a store from a
+bundle folder; ``python -m edge_runtime.update.store show STORE`` prints its state.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class BundleStore:
         name = self.current_name()
         if name is None or not (self.releases / name).is_dir():
             raise BundleError(f"{self.root}: bundle store has no current release "
-                              "(seed it with `python -m edge_runtime.store init`)")
+                              "(seed it with `python -m edge_runtime.update.store init`)")
         return self.releases / name
 
     def active_manifest(self) -> Manifest | None:
@@ -323,7 +323,7 @@ def resolve_bundle(path: str | Path, keep: int = 2) -> Path:
 
 
 def _main(argv: list[str]) -> int:
-    usage = "usage: python -m edge_runtime.store (init STORE BUNDLE_DIR | show STORE | recover STORE)"
+    usage = "usage: python -m edge_runtime.update.store (init STORE BUNDLE_DIR | show STORE | recover STORE)"
     if len(argv) < 2 or argv[0] not in ("init", "show", "recover") or \
             (argv[0] == "init") != (len(argv) == 3) or len(argv) > 3:
         print(usage, file=sys.stderr)
@@ -341,7 +341,7 @@ def _main(argv: list[str]) -> int:
               f"previous: {store.previous_name()}\nreleases: {', '.join(store.release_names())}")
         return 0
     except KioskError as exc:
-        print(f"edge_runtime.store {argv[0]}: error: {exc}", file=sys.stderr)
+        print(f"edge_runtime.update.store {argv[0]}: error: {exc}", file=sys.stderr)
         return 2
 
 

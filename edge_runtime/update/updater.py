@@ -38,9 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.fetch import download_file, fetch_bytes, resolve_url
-from edge_runtime.store import BundleStore
-from edge_runtime.update_commands import (
+from edge_runtime.update.commands import (
     DeviceInfo,
     check_manifest,
     engine_matches,
@@ -49,7 +47,9 @@ from edge_runtime.update_commands import (
     parse_update_command,
     verified_manifest,
 )
-from edge_runtime.update_config import UpdateConfig
+from edge_runtime.update.config import UpdateConfig
+from edge_runtime.update.fetch import download_file, fetch_bytes, resolve_url
+from edge_runtime.update.store import BundleStore
 from models.bundle import MANIFEST, SIGNATURE, Manifest, atomic_write_bytes, utc_now_iso
 from models.errors import KioskError, UpdateError
 from models.signing import load_public_keys
