@@ -50,7 +50,7 @@ def run_once(work: Path, site: Path, base: str, pub: Path, catalogue: Path, vers
     store = BundleStore(work / f"store{version}")
     store.init_from(site / "v1")
     frames = frame_folder(catalogue, work / f"frames{version}", repeat=4)
-    kiosk = KioskUnderTest(broker, store, [pub], kiosk_id="bench", frames=frames)
+    kiosk = KioskUnderTest(broker, store, [pub], [base], kiosk_id="bench", frames=frames)
     stamps: list[float] = []
     orig = kiosk.pipeline.process
 

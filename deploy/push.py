@@ -17,7 +17,8 @@ from pathlib import Path
 
 from deploy import fleet
 from edge_runtime.update.commands import make_update_command
-from edge_runtime.update.fetch import fetch_bytes, resolve_url
+from edge_runtime.update.fetch import Budget, fetch_bytes
+from edge_runtime.update.urls import resolve_url
 from models.bundle import SIGNATURE
 from models.errors import ConfigError, KioskError
 from models.signing import decode_signature
@@ -43,7 +44,7 @@ def _signature(args: argparse.Namespace) -> str:
             raise ConfigError(f"{args.signature_file}: cannot read ({exc.strerror})") from None
     else:
         url = resolve_url(args.manifest_url, SIGNATURE)
-        text = fetch_bytes(url, 1024, args.timeout)
+        text = fetch_bytes(url, 1024, Budget.start(args.timeout))
     decode_signature(text.strip())  # a clear error here beats a rejection on every kiosk
     return text.decode("ascii").strip()
 
@@ -65,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
                     return
                 kiosk = msg.topic.split("/")[1]
                 if isinstance(body, dict) and body.get("command_id") == commands.get(kiosk):
-                    print(f"{kiosk}: {body.get('state')}"
-                          + (f" ({body['reason']})" if body.get("reason") else ""), flush=True)
+                    why = ": ".join(str(body[k]) for k in ("error", "reason") if body.get(k))
+                    print(f"{kiosk}: {body.get('state')}" + (f" ({why})" if why else ""), flush=True)
                     if body.get("state") in FINAL:
                         with cond:
                             results[kiosk] = body

@@ -1,8 +1,11 @@
 """`deploy status`: the fleet at a glance, from the kiosks' retained status.
 
 Subscribes to ``kiosk/+/status`` for a bounded time (--wait), prints one row
-per kiosk: online, active bundle version, encoder backend, groups, and the
-last update's result. ``--json`` prints the raw statuses instead.
+per kiosk: online, what it runs (bundle version, the first 8 hex digits of
+the encoder's and the index's sha256, backend and engine), its version floor,
+groups, and the last update's result. Kiosks set these fields from the
+bundle they serve at start and after every install or rollback, so the row
+shows what runs, not what was asked for. ``--json`` prints the raw statuses.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import json
 
 from deploy import fleet
 
-COLUMNS = ("KIOSK", "ONLINE", "BUNDLE", "BACKEND", "GROUPS", "LAST UPDATE", "STATUS AT")
+COLUMNS = ("KIOSK", "ONLINE", "BUNDLE", "ENCODER", "INDEX", "BACKEND", "ENGINE", "FLOOR",
+           "GROUPS", "LAST UPDATE", "STATUS AT")
 
 
 def _last_update(s: dict) -> str:
@@ -22,10 +26,16 @@ def _last_update(s: dict) -> str:
     text = f"{lu.get('state', '?')}"
     if lu.get("bundle_version") is not None:
         text += f" v{lu['bundle_version']}"
+    if lu.get("error"):
+        text += f" [{lu['error']}]"
     if lu.get("reason"):
         reason = str(lu["reason"])
         text += f": {reason[:60]}{'...' if len(reason) > 60 else ''}"
     return text
+
+
+def _short(sha: object) -> str:
+    return str(sha)[:8] if isinstance(sha, str) and sha else "-"
 
 
 def rows(statuses: dict[str, dict]) -> list[tuple[str, ...]]:
@@ -33,10 +43,13 @@ def rows(statuses: dict[str, dict]) -> list[tuple[str, ...]]:
     for kiosk in sorted(statuses):
         s = statuses[kiosk]
         online = s.get("online")
+        version = str(s.get("bundle_version", "-")) + (" (revoked)" if s.get("active_revoked")
+                                                       else "")
         out.append((kiosk, "yes" if online is True else "no" if online is False else "?",
-                    str(s.get("bundle_version", "-")), str(s.get("backend", "-")),
-                    ",".join(map(str, s.get("groups") or [])) or "-", _last_update(s),
-                    str(s.get("ts", "-"))))
+                    version, _short(s.get("encoder_sha256")), _short(s.get("index_sha256")),
+                    str(s.get("backend", "-")), str(s.get("engine") or "-"),
+                    str(s.get("floor", "-")), ",".join(map(str, s.get("groups") or [])) or "-",
+                    _last_update(s), str(s.get("ts", "-"))))
     return out
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import edge_runtime
 from edge_runtime.config import KioskConfig, apply_overrides, load_config, parse_broker_url
-from edge_runtime.events import METRICS_SCHEMA, utc_iso
+from edge_runtime.events import METRICS_SCHEMA, bundle_status, utc_iso
 from edge_runtime.sdnotify import Notifier
 from models.errors import ConfigError
 
@@ -132,8 +132,9 @@ class Kiosk:
             return Path(cfg.bundle.path), None
         return resolve_bundle(cfg.bundle.path), None
 
-    def open_matcher(self, bundle_dir: Path) -> Any:
-        """Open (verify, load, warm) a bundle with the configured backend."""
+    def open_matcher(self, bundle_dir: Path, verified: Any = None) -> Any:
+        """Open (verify, load, warm) a bundle with the configured backend;
+        ``verified``: what the updater's verifier process already checked."""
         from edge_runtime.encoders.select import open_encoder
         from edge_runtime.matcher import Matcher
         from models.bundle import read_manifest
@@ -142,7 +143,8 @@ class Kiosk:
         encoder = open_encoder(bundle_dir, read_manifest(bundle_dir), b.kind, threads=b.threads,
                                max_batch=b.max_batch)
         try:
-            return Matcher.open(bundle_dir, encoder=encoder, threshold=self.cfg.decision.threshold)
+            return Matcher.open(bundle_dir, encoder=encoder, threshold=self.cfg.decision.threshold,
+                                verified=verified)
         except BaseException:
             encoder.close()
             raise
@@ -166,9 +168,8 @@ class Kiosk:
         roi = (cfg.roi.x, cfg.roi.y, cfg.roi.w, cfg.roi.h) if cfg.roi.enabled else None
         mqtt = KioskMqtt(cfg.mqtt, cfg.kiosk.id, status={
             "camera_id": cfg.kiosk.camera_id, "runtime_version": edge_runtime.__version__,
-            "bundle_version": m.bundle_version, "encoder_sha256": m.encoder.sha256,
-            "index_sha256": m.index.sha256, "backend": matcher.encoder.name,
-            "source": source.name, "source_state": source.state, "started": utc_iso()})
+            **bundle_status(matcher), "source": source.name, "source_state": source.state,
+            "started": utc_iso()})
         stats = RuntimeStats()
         notifier = Notifier()
         preview = None

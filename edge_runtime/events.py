@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 __all__ = ["MATCH_SCHEMA", "STATUS_SCHEMA", "METRICS_SCHEMA", "utc_iso", "match_payload",
-           "matches_json"]
+           "matches_json", "bundle_status"]
 
 MATCH_SCHEMA = "kiosk.match/1"
 STATUS_SCHEMA = "kiosk.status/1"
@@ -54,3 +54,19 @@ def match_payload(*, kiosk_id: str, camera_id: str, frame_index: int, source_ts:
         "votes": int(votes),
         "held_s": round(float(held_s), 3),
     }
+
+
+def bundle_status(matcher: Any) -> dict[str, Any]:
+    """The retained-status fields that say what a kiosk runs: the serving
+    matcher's release version, encoder and index hashes, backend, and engine
+    (the TensorRT engine file, or ONNX Runtime's execution providers). Set
+    at start and after every swap, so the status never shows a bundle the
+    kiosk no longer serves."""
+    m, enc = matcher.manifest, matcher.encoder
+    name = getattr(enc, "name", "unknown")
+    if name == "tensorrt":
+        engine = getattr(getattr(enc, "path", None), "name", None)
+    else:
+        engine = ",".join(getattr(enc, "providers", None) or []) or None
+    return {"bundle_version": m.bundle_version, "encoder_sha256": m.encoder.sha256,
+            "index_sha256": m.index.sha256, "backend": name, "engine": engine}

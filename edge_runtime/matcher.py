@@ -12,24 +12,31 @@
    comparison of stored Annoy vectors with embeddings.npy;
 4. a probe image encoded now must reproduce its stored embedding: an index
    built by another encoder is refused even when every hash was recomputed.
+
+A remote update does step 1 (and the parsing of items.json, and the choice
+of search mode) in a separate process, off the frame path
+(``edge_runtime.update.verify``), and hands the result over as
+``VerifiedItems``; ``Matcher.open(..., verified=...)`` then skips them,
+after checking the manifest is byte for byte the one that was verified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edge_runtime.encoders.base import EncoderBackend
 from edge_runtime.search import VectorIndex, check_mode
-from models.bundle import Manifest, load_probes, verify_bundle_items
+from models.bundle import MANIFEST, Manifest, load_probes, parse_manifest, verify_bundle_items
 from models.errors import BundleError, ImageError
 from models.images import read_image
 from models.preprocess import preprocess_batch
 
-__all__ = ["Match", "Matcher", "ENCODER_CHECK_MIN_COSINE"]
+__all__ = ["Match", "Matcher", "VerifiedItems", "ENCODER_CHECK_MIN_COSINE"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,26 @@ class Match:
     name: str
     score: float  # cosine similarity, -1..1
     rank: int  # 1 = best
+
+
+@dataclass(frozen=True)
+class VerifiedItems:
+    """What a verifier (another process) found in a bundle it checked in
+    full: the manifest's sha256, the items, each vector's item, and the
+    search mode it chose by measurement (with the measurements)."""
+
+    manifest_sha256: str
+    items: list[tuple[str, str]]
+    vec_item: np.ndarray
+    search_mode: str
+    search_report: dict = field(default_factory=dict)
+
+
+def _read_verified(root: Path, verified: VerifiedItems) -> Manifest:
+    data = (root / MANIFEST).read_bytes()
+    if hashlib.sha256(data).hexdigest() != verified.manifest_sha256:
+        raise BundleError(f"{root / MANIFEST}: changed since it was verified")
+    return parse_manifest(data, where=str(root / MANIFEST))
 
 
 class Matcher:
@@ -66,9 +93,16 @@ class Matcher:
 
     @classmethod
     def open(cls, bundle_dir: str | Path, encoder: EncoderBackend | None = None,
-             threshold: float | None = None, search_mode: str | None = None) -> Matcher:
+             threshold: float | None = None, search_mode: str | None = None,
+             verified: VerifiedItems | None = None) -> Matcher:
         root = Path(bundle_dir)
-        m, items_file = verify_bundle_items(root)
+        if verified is None:
+            m, items_file = verify_bundle_items(root)
+            items = [(i.item_id, i.name) for i in items_file.items]
+            vec_item = np.fromiter((v.item for v in items_file.vectors), dtype=np.int64,
+                                   count=len(items_file.vectors))
+        else:
+            m, items, vec_item = _read_verified(root, verified), verified.items, verified.vec_item
         own_encoder = encoder is None
         if encoder is None:
             from edge_runtime.encoders.onnx_backend import OnnxEncoder
@@ -80,18 +114,19 @@ class Matcher:
                               f"says {m.input.size}px -> {m.embedding_size}-d")
         index = None
         try:
-            vec_item = np.fromiter((v.item for v in items_file.vectors), dtype=np.int64,
-                                   count=len(items_file.vectors))
             index = VectorIndex(root / m.index.file, root / "embeddings.npy", m.index.dim, vec_item,
-                                len(items_file.items), m.index.n_trees, m.index.search_k)
+                                len(items), m.index.n_trees, m.index.search_k)
             index.check_consistency()
             mode = check_mode(search_mode or m.search.mode)
-            matcher = cls(root, m, encoder, index, [(i.item_id, i.name) for i in items_file.items],
+            matcher = cls(root, m, encoder, index, items,
                           m.search.threshold if threshold is None else float(threshold), mode)
             matcher._check_encoder()
             encoder.warmup()
             index.warm()
-            if mode == "auto":
+            if mode == "auto" and verified is not None:
+                matcher.search_mode, matcher.search_report = (verified.search_mode,
+                                                              verified.search_report)
+            elif mode == "auto":
                 matcher._choose_mode()
         except BaseException:
             if index is not None:

@@ -18,6 +18,12 @@ rewritten, so an index memory-mapped by the running matcher is never
 truncated under it (SIGBUS). Pruning renames a release into staging/ before
 deleting it, so a half-deleted release is never visible under releases/.
 
+``policy.json`` (edge_runtime.update.policy) keeps the version floor, the
+highest version ever activated, and the revoked versions: ``activate``
+refuses a release at or below the floor or revoked; ``rollback`` is the one
+way below it, to the kept ``previous`` release, and it removes the release
+it leaves, so a rollback cannot be undone by rolling "back" again.
+
 ``python -m edge_runtime.update.store init STORE BUNDLE_DIR`` seeds a store from a
 bundle folder; ``python -m edge_runtime.update.store show STORE`` prints its state.
 """
@@ -35,8 +41,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from edge_runtime.update.errors import Rejected
+from edge_runtime.update.policy import VersionPolicy, read_policy, write_policy
 from models.bundle import MANIFEST, Manifest, read_manifest, verify_bundle
-from models.errors import BundleError, KioskError, UpdateError
+from models.errors import BundleError, KioskError
 
 __all__ = ["BundleStore", "resolve_bundle", "is_store"]
 
@@ -144,6 +152,22 @@ class BundleStore:
         except BundleError:
             return None
 
+    def policy(self) -> VersionPolicy:
+        """The version floor and revoked versions (durable, see policy.py)."""
+        return read_policy(self.root)
+
+    def _raise_floor_locked(self, name: str) -> None:
+        policy = read_policy(self.root)
+        if _version_of(name) > policy.floor:
+            write_policy(self.root, policy.raised_to(_version_of(name)))
+
+    def revoke(self, versions: set[int]) -> VersionPolicy:
+        """Add ``versions`` to the revoked set (durably); returns the new policy."""
+        with self._locked():
+            policy = read_policy(self.root).with_revoked(versions)
+            write_policy(self.root, policy)
+            return policy
+
     def release_names(self) -> list[str]:
         if not self.releases.is_dir():
             return []
@@ -188,7 +212,9 @@ class BundleStore:
                 p.unlink(missing_ok=True)
             cur, prev = self.current_name(), self.previous_name()
             if not self._valid(cur):
-                candidates = [prev] + [n for n in self.release_names() if n not in (cur, prev)]
+                revoked = read_policy(self.root).revoked
+                candidates = [n for n in [prev] + self.release_names()
+                              if n is not None and n != cur and _version_of(n) not in revoked]
                 good = next((n for n in candidates if self._valid(n)), None)
                 if good is None:
                     raise BundleError(f"{self.root}: no complete bundle in the store")
@@ -200,6 +226,7 @@ class BundleStore:
                 cur = good
             if prev is not None and (prev == cur or not (self.releases / prev).is_dir()):
                 self._drop_link(PREVIOUS)
+            self._raise_floor_locked(cur)  # a crash between link switch and floor write
             return self.releases / cur
 
     def commit(self, staged: Path, *, verify: bool = True) -> str:
@@ -228,15 +255,19 @@ class BundleStore:
         return name
 
     def activate(self, name: str) -> Path:
-        """Make release ``name`` current (the old current becomes previous), then prune."""
+        """Make release ``name`` current (the old current becomes previous),
+        raise the version floor to it, then prune. Rejected when ``name`` is at
+        or below the floor or revoked (unless it is current already)."""
         with self._locked():
             if not (self.releases / name).is_dir():
                 raise BundleError(f"{self.releases / name}: no such release")
             old = self.current_name()
             if old != name:
+                read_policy(self.root).check(_version_of(name))
                 if old is not None:
                     self._set_link(PREVIOUS, old)
                 self._set_link(CURRENT, name)
+            self._raise_floor_locked(name)
             self._prune_locked()
         return self.releases / name
 
@@ -256,18 +287,23 @@ class BundleStore:
             _fsync_dir(self.releases)
             shutil.rmtree(trash, ignore_errors=True)
 
-    def rollback(self) -> Path:
-        """Switch ``current`` back to ``previous`` (which then becomes ``previous``
-        in turn). UpdateError when there is no complete previous release."""
+    def rollback(self, *, verify: bool = True) -> Path:
+        """Switch ``current`` back to ``previous`` and drop the ``previous``
+        link: the release left behind stays retired (the floor keeps it from
+        being installed again; ``remove_release`` deletes it once nothing uses
+        it). Rejected("no_previous") when there is no complete, unrevoked
+        previous release. ``verify=False``: the caller has verified it."""
         with self._locked():
             prev, cur = self.previous_name(), self.current_name()
             if prev is None or prev == cur:
-                raise UpdateError("no previous bundle to roll back to")
-            if not self._valid(prev):
-                raise UpdateError(f"previous bundle {prev} is not complete; not rolling back")
+                raise Rejected("no_previous", "no previous bundle to roll back to")
+            if _version_of(prev) in read_policy(self.root).revoked:
+                raise Rejected("no_previous", f"previous bundle {prev} is revoked; not rolling back")
+            if verify and not self._valid(prev):
+                raise Rejected("no_previous", f"previous bundle {prev} is not complete; "
+                               "not rolling back")
             self._set_link(CURRENT, prev)
-            if cur is not None:
-                self._set_link(PREVIOUS, cur)
+            self._drop_link(PREVIOUS)
             return self.releases / prev
 
     def prune(self) -> list[str]:
@@ -336,9 +372,12 @@ def _main(argv: list[str]) -> int:
         if argv[0] == "recover":
             store.recover()
         m = store.active_manifest()
+        policy = store.policy()
         print(f"store:    {store.root}\ncurrent:  {store.current_name()}"
               f" (bundle_version {m.bundle_version if m else '?'})\n"
-              f"previous: {store.previous_name()}\nreleases: {', '.join(store.release_names())}")
+              f"previous: {store.previous_name()}\nreleases: {', '.join(store.release_names())}\n"
+              f"floor:    {policy.floor}\nrevoked:  "
+              f"{', '.join(map(str, sorted(policy.revoked))) or '-'}")
         return 0
     except KioskError as exc:
         print(f"edge_runtime.update.store {argv[0]}: error: {exc}", file=sys.stderr)

@@ -1,57 +1,66 @@
 """Remote updates inside the running kiosk, without stopping the camera loop.
 
-MQTT is the control plane (``kiosk/{id}/cmd/update``, ``cmd/rollback``),
-HTTP(S) the data plane. The MQTT handlers only queue the raw payload; ONE
-worker thread does everything else, in this order (TUF/Mender practice):
+MQTT is the control plane (``kiosk/{id}/cmd/update``, ``cmd/rollback``,
+``cmd/revoke``), HTTP(S) the data plane. Commands are checked at the door,
+on paho's thread: size, JSON schema and, for updates, the manifest URL
+against ``[update] mirrors``; only a valid command is queued (at most
+``QUEUE_MAX``), and a command id already handled is dropped (QoS 1 may
+deliver twice). ONE worker thread then does, for an update (TUF/Mender
+practice):
 
-1. parse the command (size-capped, strict schema);
-2. fetch the manifest bytes (capped) and verify the Ed25519 signature against
-   the pinned keys BEFORE parsing them;
-3. parse the manifest; refuse a release not newer than the active one, an
-   expired or incompatible one;
-4. download every artifact into a new staging folder on the store's
-   filesystem (timeouts, size capped at the declared size, sha256 while
-   streaming); build a TensorRT engine when the backend needs one;
-5. commit the release (fsync, rename into releases/), open it (the bundle is
-   verified again, the encoder and index loaded and warmed), run the
-   self-test (probe images must retrieve their items);
-6. switch ``current`` atomically, hot-swap the matcher between frames, then
-   close the old one.
+1. fetch the manifest (bounded, from a mirror) and verify the Ed25519
+   signature against the pinned keys BEFORE parsing it;
+2. refuse a release at or below the version floor, revoked, expired or
+   incompatible with what serves now;
+3. download every artifact into a staging folder (deadline-bounded, size
+   capped, sha256 while streaming); build a TensorRT engine when needed;
+4. commit the release (fsync, rename into releases/), verify it in full in a
+   child process (``verify.py``), open it here with what that process found,
+   self-test it;
+5. switch ``current`` atomically (raising the floor), hot-swap the matcher
+   between frames, close the old one, publish the new status.
 
-Progress and the result go to ``kiosk/{id}/update/status``; the retained
-status carries ``bundle_version`` and ``last_update``. On any failure the
-old bundle keeps serving and the reason is published. ``stage_release`` is
-steps 2-4 alone (used by the crash test and the benchmark).
+A command that arrives while an update downloads or verifies abandons that
+update ("superseded") within a quarter of a second, so a rollback is never
+held up by a slow mirror. Rollback returns to the kept previous release and
+retires the one it leaves; revoke adds signed versions to the revoked set
+and rolls back when the active release is among them.
+
+Progress goes to ``kiosk/{id}/update/status``. A refusal carries a category
+(``error``) and a fixed sentence (``reason``); the detail goes to the local
+log only (see errors.py). The retained status says what runs now
+(``events.bundle_status``), the floor and revoked versions, and
+``last_update``. On any failure the old bundle keeps serving.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.events import bundle_status
 from edge_runtime.update.commands import (
     DeviceInfo,
-    check_manifest,
-    engine_matches,
+    RevokeCommand,
+    RollbackCommand,
+    UpdateCommand,
     loose_command_id,
-    parse_rollback_command,
-    parse_update_command,
-    verified_manifest,
+    parse_command,
+    verified_revocation,
 )
 from edge_runtime.update.config import UpdateConfig
-from edge_runtime.update.fetch import download_file, fetch_bytes, resolve_url
+from edge_runtime.update.errors import Cancelled, Rejected, category_of, public_reason
+from edge_runtime.update.stage import StagedRelease, prepare_tensorrt_engine, stage_release
 from edge_runtime.update.store import BundleStore
-from models.bundle import MANIFEST, SIGNATURE, Manifest, atomic_write_bytes, utc_now_iso
-from models.errors import KioskError, UpdateError
+from edge_runtime.update.verify import verify_release
+from models.bundle import utc_now_iso
+from models.errors import UpdateError
 from models.signing import load_public_keys
 
 __all__ = ["UPDATE_STATUS_SCHEMA", "Updater", "StagedRelease", "stage_release"]
@@ -60,105 +69,44 @@ log = logging.getLogger(__name__)
 
 UPDATE_STATUS_SCHEMA = "kiosk.update-status/1"
 QUEUE_MAX = 4
-DISK_MARGIN = 64 << 20  # never fill the store's filesystem to the last byte
 SEEN_MAX = 64           # command ids remembered to drop QoS 1 redeliveries
+FINAL = ("active", "rejected", "rolled_back", "revoked")
 
 
-@dataclass
-class StagedRelease:
-    path: Path
-    manifest: Manifest
-    key_id: str
-    timings: dict[str, float] = field(default_factory=dict)
-    engines: list[str] = field(default_factory=list)  # prebuilt engines that match this device
-
-
-def stage_release(store: BundleStore, manifest_url: str, signature: str, keys: dict,
-                  cfg: UpdateConfig, *, active: Manifest | None, runtime_version: str,
-                  device: DeviceInfo | None = None, cancel: threading.Event | None = None,
-                  progress: Callable[[str, dict], None] | None = None) -> StagedRelease:
-    """Fetch, verify and download a release into a new staging folder.
-    Raises UpdateError (staging removed) or returns the complete staged bundle."""
-    progress = progress or (lambda state, detail: None)
-    url = resolve_url(manifest_url, manifest_url, allow_http=cfg.allow_http)
-    t0 = time.monotonic()
-    data = fetch_bytes(url, cfg.max_manifest_bytes, cfg.download_timeout_s, ca_file=cfg.ca_file,
-                       cancel=cancel)
-    manifest, kid = verified_manifest(data, signature, keys)
-    check_manifest(manifest, active=active, runtime_version=runtime_version,
-                   max_total_bytes=cfg.max_total_bytes)
-    # Resolve every URL before the first byte is downloaded: a bad one rejects the release.
-    urls = [resolve_url(url, a.url or a.name, allow_http=cfg.allow_http) for a in manifest.artifacts]
-    t1 = time.monotonic()
-    progress("verified", {"bundle_version": manifest.bundle_version, "key_id": kid})
-    total = sum(a.size for a in manifest.artifacts)
-    free = shutil.disk_usage(store.root).free
-    if total + DISK_MARGIN > free:
-        raise UpdateError(f"release needs {total} bytes, {store.root} has {free} free "
-                          f"(keeping a margin of {DISK_MARGIN})")
-    progress("downloading", {"bundle_version": manifest.bundle_version,
-                             "artifacts": len(manifest.artifacts), "bytes": total})
-    staged = store.new_staging()
-    try:
-        for a, a_url in zip(manifest.artifacts, urls, strict=True):
-            download_file(a_url, staged / a.name, a.size, a.sha256, cfg.download_timeout_s,
-                          ca_file=cfg.ca_file, cancel=cancel)
-        atomic_write_bytes(staged / MANIFEST, data)
-        atomic_write_bytes(staged / SIGNATURE, (signature.strip() + "\n").encode())
-    except BaseException:
-        store.discard(staged)
-        raise
-    t2 = time.monotonic()
-    engines = [a.name for a in manifest.artifacts if engine_matches(manifest, a.name, device or DeviceInfo())]
-    return StagedRelease(staged, manifest, kid, {"verify_s": t1 - t0, "download_s": t2 - t1}, engines)
-
-
-def prepare_tensorrt_engine(staged: Path, prebuilt: list[str], device: Any,
-                            precision: str = "fp16", build: Callable[..., Any] | None = None) -> Path:
-    """Give a staged release a TensorRT engine for this device before it is
-    tested: a prebuilt engine from the (signed, sha-checked) release whose
-    compatibility matches ``device`` is entered into the bundle's engine cache
-    (hard link + sidecar keyed like `edge-runtime build-engine`'s); otherwise
-    one is built from the ONNX on this device. A prebuilt engine that does not
-    match is never deserialised."""
-    from edge_runtime.encoders.select import EngineKey, engine_paths, write_sidecar
-    from models.bundle import read_manifest
-
-    m = read_manifest(staged)
-    for name in prebuilt:
-        a = m.artifact(name)
-        key = EngineKey.for_device(m.encoder.sha256, device, a.engine.precision)
-        engine, sidecar = engine_paths(staged, key)
-        engine.parent.mkdir(exist_ok=True)
-        try:
-            os.link(staged / name, engine)
-        except OSError:
-            shutil.copyfile(staged / name, engine)
-        write_sidecar(sidecar, key, engine, source=f"release artifact {name}")
-        return engine
-    if build is None:
-        from edge_runtime.encoders.engine_build import build_engine as build
-    return build(staged, m, device, precision=precision)
-
-
-def _default_open(path: Path) -> Any:
+def _default_open(path: Path, verified: Any = None) -> Any:
     from edge_runtime.matcher import Matcher
 
-    return Matcher.open(path)
+    return Matcher.open(path, verified=verified)
+
+
+class _Preempted:
+    """The cancel condition of the update in progress: the kiosk is stopping,
+    or a newer command is waiting."""
+
+    def __init__(self, waiting: queue.Queue, stopping: threading.Event) -> None:
+        self._waiting, self._stopping = waiting, stopping
+
+    def is_set(self) -> bool:
+        return self._stopping.is_set() or not self._waiting.empty()
+
+    def reason(self) -> Rejected:
+        if self._stopping.is_set():
+            return Rejected("stopping", "abandoned: the kiosk is stopping")
+        return Rejected("superseded", "abandoned: a newer command is waiting")
 
 
 class Updater:
     """See module docstring.
 
-    ``open_matcher(path) -> Matcher`` opens a release the way the runtime
-    opened the first one (backend, threads, threshold); default
-    ``Matcher.open(path)`` (ONNX Runtime). ``prepare_engine(path, engines)``,
+    ``open_matcher(path, verified)`` opens a release the way the runtime
+    opened the first one (backend, threads, threshold); ``verified`` is the
+    verifier process's ``VerifiedItems``. ``prepare_engine(path, engines)``,
     when given, runs for the TensorRT backend after the download: ``engines``
     lists the release's prebuilt engines that match ``device`` (empty: build
     one from the ONNX). ``on_swap(new_path)`` is told the new active folder."""
 
     def __init__(self, store: BundleStore, mqtt: Any, pipeline: Any, cfg: UpdateConfig,
-                 runtime_version: str, *, open_matcher: Callable[[Path], Any] | None = None,
+                 runtime_version: str, *, open_matcher: Callable[..., Any] | None = None,
                  device: DeviceInfo | None = None,
                  prepare_engine: Callable[[Path, list[str]], None] | None = None,
                  on_swap: Callable[[Path], None] | None = None) -> None:
@@ -166,14 +114,16 @@ class Updater:
         self.mqtt = mqtt
         self.pipeline = pipeline
         self.cfg = cfg
+        self.urls = cfg.url_policy()
         self.runtime_version = runtime_version
         self.open_matcher = open_matcher or _default_open
         self.device = device or DeviceInfo()
         self.prepare_engine = prepare_engine or self._tensorrt_preparer()
         self.on_swap = on_swap
         self.keys = load_public_keys(cfg.trusted_keys)
-        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(QUEUE_MAX)
-        self._cancel = threading.Event()
+        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue(QUEUE_MAX)
+        self._stopping = threading.Event()
+        self._preempt = _Preempted(self._queue, self._stopping)
         self._thread = threading.Thread(target=self._work, name="updater", daemon=True)
         self.last_timings: dict[str, float] = {}
         self.busy = threading.Event()
@@ -196,24 +146,23 @@ class Updater:
 
         def prepare(staged: Path, prebuilt: list[str]) -> None:
             if getattr(self.device, "trt_version", None) is None:
-                raise UpdateError("TensorRT engine needed but the device could not be probed")
+                raise Rejected("engine", "TensorRT engine needed but the device could not be probed")
             prepare_tensorrt_engine(staged, prebuilt, self.device, precision)
         return prepare
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        m = self.store.active_manifest()
-        self.mqtt.set_status(bundle_version=m.bundle_version if m else None,
-                             groups=list(self.cfg.groups), update_keys=sorted(self.keys))
-        self.mqtt.add_command_handler("update", lambda raw: self._submit("update", raw))
-        self.mqtt.add_command_handler("rollback", lambda raw: self._submit("rollback", raw))
+        self._set_status()
+        self.mqtt.set_status(groups=list(self.cfg.groups), update_keys=sorted(self.keys))
+        for kind in ("update", "rollback", "revoke"):
+            self.mqtt.add_command_handler(kind, lambda raw, k=kind: self._submit(k, raw))
         self._thread.start()
-        log.info("updater ready: store %s, %d pinned key(s) %s", self.store.root, len(self.keys),
-                 ", ".join(sorted(self.keys)))
+        log.info("updater ready: store %s, %d pinned key(s) %s, mirrors %s", self.store.root,
+                 len(self.keys), ", ".join(sorted(self.keys)), ", ".join(self.cfg.mirrors))
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel a download in progress and wait for the worker (bounded)."""
-        self._cancel.set()
+        """Abandon an update in progress and wait for the worker (bounded)."""
+        self._stopping.set()
         try:
             self._queue.put_nowait(None)
         except queue.Full:
@@ -222,70 +171,78 @@ class Updater:
             self._thread.join(timeout)
 
     def _submit(self, kind: str, raw: bytes) -> None:
-        """On paho's thread: hand the payload over, never block."""
+        """On paho's thread: check the command at the door, queue it, never block."""
         try:
-            self._queue.put_nowait((kind, bytes(raw)))
+            cmd = parse_command(kind, bytes(raw), self.urls)
+        except Rejected as exc:
+            self._reject(loose_command_id(raw), exc)
+            return
+        if cmd.command_id in self._seen:
+            log.info("command %s already handled; ignoring the redelivery", cmd.command_id)
+            return
+        self._seen.append(cmd.command_id)
+        try:
+            self._queue.put_nowait((kind, cmd))
         except queue.Full:
-            log.warning("update command dropped: %d already waiting", QUEUE_MAX)
-            self._publish(loose_command_id(raw), "rejected", reason="kiosk busy: too many "
-                          "update commands waiting; send it again later")
+            self._reject(cmd.command_id, Rejected("busy", f"{QUEUE_MAX} commands already waiting"))
 
     # ------------------------------------------------------------ status
     def _publish(self, command_id: str | None, state: str, **detail: Any) -> None:
         payload = {"schema": UPDATE_STATUS_SCHEMA, "command_id": command_id, "state": state,
                    "ts": utc_now_iso(), **{k: v for k, v in detail.items() if v is not None}}
-        if state in ("active", "rejected", "rolled_back"):  # retained status first: whoever
-            # hears the final update/status and then reads the status sees it already
-            self.mqtt.set_status(last_update={k: payload.get(k) for k in
-                                              ("command_id", "state", "bundle_version", "reason", "ts")})
+        if state in FINAL:  # retained status first: whoever hears the final update/status
+            # and then reads the status sees it already
+            self.mqtt.set_status(last_update={k: payload.get(k) for k in (
+                "command_id", "state", "bundle_version", "error", "reason", "ts")})
         self.mqtt.publish_json("update/status", payload, qos=1)
 
-    def _duplicate(self, command_id: str) -> bool:
-        """QoS 1 may deliver a command twice; act on each command id once."""
-        if command_id in self._seen:
-            log.info("command %s already handled; ignoring the redelivery", command_id)
-            return True
-        self._seen.append(command_id)
-        return False
+    def _reject(self, command_id: str | None, exc: BaseException, **detail: Any) -> None:
+        category = category_of(exc)
+        if category in ("internal", "io_error"):
+            log.error("command %s failed (%s): %r", command_id, category, exc, exc_info=exc)
+        else:
+            log.warning("command %s rejected (%s): %s", command_id, category, exc)
+        self._publish(command_id, "rejected", error=category, reason=public_reason(exc), **detail)
+
+    def _set_status(self) -> None:
+        """Retained status = what serves now, and the store's policy."""
+        policy = self.store.policy()
+        active = self.pipeline.current_matcher
+        self.mqtt.set_status(**bundle_status(active), floor=policy.floor,
+                             revoked=sorted(policy.revoked),
+                             active_revoked=active.manifest.bundle_version in policy.revoked)
 
     # ------------------------------------------------------------ worker
     def _work(self) -> None:
+        handlers = {"update": self._update, "rollback": self._rollback, "revoke": self._revoke}
         while True:
             item = self._queue.get()
-            if item is None or self._cancel.is_set():
+            if item is None or self._stopping.is_set():
                 return
-            kind, raw = item
+            kind, cmd = item
             self.busy.set()
             try:
-                if kind == "update":
-                    self._update(raw)
-                else:
-                    self._rollback(raw)
+                handlers[kind](cmd)
             except Exception as exc:  # the worker must survive anything
-                log.exception("update worker error")
-                self._publish(loose_command_id(raw), "rejected", reason=f"internal error: {exc}")
+                self._reject(cmd.command_id, exc)
             finally:
                 self.busy.clear()
 
-    def _update(self, raw: bytes) -> None:
-        cid = loose_command_id(raw)
-        try:
-            cmd = parse_update_command(raw)
-        except UpdateError as exc:
-            self._publish(cid, "rejected", reason=str(exc))
-            return
+    def _swap(self, new: Any) -> None:
+        _close(self.pipeline.swap_matcher(new))
+        self._set_status()
+
+    def _update(self, cmd: UpdateCommand) -> None:
         cid = cmd.command_id
-        if self._duplicate(cid):
-            return
         self._publish(cid, "received", manifest_url=cmd.manifest_url)
-        active = self.store.active_manifest()
+        serving = self.pipeline.current_matcher.manifest
         staged: StagedRelease | None = None
         name: str | None = None
         new = None
         try:
             staged = stage_release(
-                self.store, cmd.manifest_url, cmd.signature, self.keys, self.cfg, active=active,
-                runtime_version=self.runtime_version, device=self.device, cancel=self._cancel,
+                self.store, cmd.manifest_url, cmd.signature, self.keys, self.cfg, serving=serving,
+                runtime_version=self.runtime_version, device=self.device, cancel=self._preempt,
                 progress=lambda state, d: self._publish(cid, state, **d))
             version = staged.manifest.bundle_version
             timings = dict(staged.timings)
@@ -293,27 +250,34 @@ class Updater:
                 self._publish(cid, "building", bundle_version=version,
                               prebuilt=staged.engines or None)
                 t = time.monotonic()
-                self.prepare_engine(staged.path, staged.engines)
+                try:
+                    self.prepare_engine(staged.path, staged.engines)
+                except UpdateError as exc:
+                    raise Rejected("engine", str(exc)) from None
                 timings["build_s"] = time.monotonic() - t
             self._publish(cid, "testing", bundle_version=version)
             t = time.monotonic()
-            name = self.store.commit(staged.path, verify=False)  # open() verifies
+            name = self.store.commit(staged.path, verify=False)  # verified in full below
             staged = None
-            new = self.open_matcher(self.store.releases / name)
+            verified = verify_release(self.store.releases / name, timeout=self.cfg.verify_timeout_s,
+                                      cancel=self._preempt)
+            timings["verify_process_s"] = time.monotonic() - t
+            new = self.open_matcher(self.store.releases / name, verified)
             failures = new.self_test()
             if failures:
-                raise UpdateError(f"self-test failed: {'; '.join(failures[:3])}")
+                raise Rejected("self_test", f"self-test failed: {'; '.join(failures[:3])}")
             timings["test_s"] = time.monotonic() - t
+            if self._preempt.is_set():
+                raise self._preempt.reason()
             t = time.monotonic()
             path = self.store.activate(name)
             try:
-                old = self.pipeline.swap_matcher(new)
+                self._swap(new)
             except BaseException:
                 self.store.rollback()  # the link must name what serves
                 raise
             new = None
             timings["swap_s"] = time.monotonic() - t
-            _close(old)
             if self.on_swap is not None:
                 self.on_swap(path)
         except Exception as exc:
@@ -323,51 +287,61 @@ class Updater:
                 _close(new)
             if name is not None and name != self.store.current_name():
                 self.store.remove_release(name)
-            if isinstance(exc, KioskError):
-                reason = str(exc)
-            elif isinstance(exc, OSError):
-                reason = f"I/O error: {exc}"
-            else:
-                log.exception("update %s failed", cid)
-                reason = f"internal error: {type(exc).__name__}: {exc}"
-            log.warning("update %s rejected: %s", cid, reason)
-            self._publish(cid, "rejected", reason=reason,
-                          active_version=active.bundle_version if active else None)
+            if isinstance(exc, Cancelled):
+                exc = self._preempt.reason()   # cancelled mid-download or mid-verification
+            self._reject(cid, exc, active_version=serving.bundle_version)
             return
         self.last_timings = timings
         log.info("update %s: release %d active (%s)", cid, version,
                  ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
-        self.mqtt.set_status(bundle_version=version)
         self._publish(cid, "active", bundle_version=version,
-                      previous_version=active.bundle_version if active else None,
+                      previous_version=serving.bundle_version,
                       timings={k: round(v, 4) for k, v in timings.items()})
 
-    def _rollback(self, raw: bytes) -> None:
-        cid = loose_command_id(raw)
+    def _roll_back(self) -> tuple[int, int]:
+        """Serve the kept previous release again; retire the current one.
+        Returns (version now active, version left)."""
+        prev, left = self.store.previous_name(), self.store.current_name()
+        if prev is None:
+            raise Rejected("no_previous", "no previous bundle to roll back to")
+        verified = verify_release(self.store.releases / prev, timeout=self.cfg.verify_timeout_s)
+        new = self.open_matcher(self.store.releases / prev, verified)
         try:
-            cmd = parse_rollback_command(raw)
-            cid = cmd.command_id
-            if self._duplicate(cid):
-                return
-            self._publish(cid, "received")
-            prev = self.store.previous_name()
-            if prev is None:
-                raise UpdateError("no previous bundle to roll back to")
-            new = self.open_matcher(self.store.releases / prev)
+            path = self.store.rollback(verify=False)
+        except BaseException:
+            _close(new)
+            raise
+        old_version = self.pipeline.current_matcher.manifest.bundle_version
+        self._swap(new)
+        if left is not None:
+            self.store.remove_release(left)
+        if self.on_swap is not None:
+            self.on_swap(path)
+        return new.manifest.bundle_version, old_version
+
+    def _rollback(self, cmd: RollbackCommand) -> None:
+        cid = cmd.command_id
+        self._publish(cid, "received")
+        version, left = self._roll_back()
+        self._publish(cid, "rolled_back", bundle_version=version, previous_version=left)
+
+    def _revoke(self, cmd: RevokeCommand) -> None:
+        cid = cmd.command_id
+        self._publish(cid, "received")
+        revocation, kid = verified_revocation(cmd, self.keys)
+        self.store.revoke(set(revocation.revoked))
+        active = self.pipeline.current_matcher.manifest.bundle_version
+        rolled = None
+        if active in revocation.revoked or active in self.store.policy().revoked:
             try:
-                path = self.store.rollback()
-            except BaseException:
-                _close(new)
-                raise
-            _close(self.pipeline.swap_matcher(new))
-            if self.on_swap is not None:
-                self.on_swap(path)
-        except KioskError as exc:
-            self._publish(cid, "rejected", reason=str(exc))
-            return
-        version = new.manifest.bundle_version
-        self.mqtt.set_status(bundle_version=version)
-        self._publish(cid, "rolled_back", bundle_version=version)
+                active, rolled = self._roll_back()
+            except Rejected as exc:  # nothing to go back to: keep serving, say so
+                log.error("active release %d is revoked and cannot be rolled back: %s", active, exc)
+        self._set_status()
+        log.warning("releases %s revoked (key %s)%s", list(revocation.revoked), kid,
+                    f"; rolled back from {rolled} to {active}" if rolled else "")
+        self._publish(cid, "revoked", revoked=list(revocation.revoked), key_id=kid,
+                      bundle_version=active, previous_version=rolled)
 
 
 def _close(matcher: Any) -> None:

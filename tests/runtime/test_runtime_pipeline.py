@@ -226,7 +226,8 @@ def test_update_enabled_seeds_a_store_and_runs_from_it(tmp_path, broker, shop_cl
 
     _, public, _ = write_keypair(tmp_path / "keys")
     store = tmp_path / "store"
-    update = {"enabled": True, "store_dir": str(store), "trusted_keys": []}
+    update = {"enabled": True, "store_dir": str(store), "trusted_keys": [],
+              "mirrors": ["http://127.0.0.1:8000/releases/"]}
     cfg = kiosk_config(broker.port, shop_clip, pixel_bundle, "upd", update=update)
     with pytest.raises(ConfigError, match="trusted_keys"):   # refused before anything starts
         Kiosk(cfg).run(threading.Event())

@@ -25,7 +25,7 @@ def test_sigkill_during_update_always_restarts_on_a_complete_bundle(tmp_path, si
     BundleStore(template).init_from(site.root / "v1")
     root = tmp_path / "store"
     req = json.dumps({"store": str(root), "url": site.url("v2"), "sig": site.sig("v2"),
-                      "pub": str(site.keys.pub)}) + "\n"
+                      "pub": str(site.keys.pub), "mirror": site.base}) + "\n"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), str(Path(__file__).parent)]),
            "OMP_NUM_THREADS": "1"}
     zygote = subprocess.Popen([sys.executable, str(Path(__file__).parent / "upd_crash_zygote.py")],
@@ -73,6 +73,7 @@ def test_sigkill_during_update_always_restarts_on_a_complete_bundle(tmp_path, si
             outcomes[m.bundle_version] += 1
             store = BundleStore(root)
             assert store.current_path() == active
+            assert store.policy().floor >= m.bundle_version   # durable, never behind what ran
             assert not any(store.staging.iterdir()), list(store.staging.iterdir())
             assert not list(root.glob(".*.tmp-*"))
             if m.bundle_version == 2:

@@ -10,7 +10,7 @@ import os
 from deploy.sign import sign_bundle
 from edge_runtime.encoders.select import DeviceInfo, find_engine
 from edge_runtime.update.config import UpdateConfig
-from edge_runtime.update.updater import prepare_tensorrt_engine, stage_release
+from edge_runtime.update.stage import prepare_tensorrt_engine, stage_release
 from models.bundle import Manifest, artifact_for, read_manifest, verify_bundle, write_manifest
 from models.signing import load_public_keys
 
@@ -34,9 +34,10 @@ def _release_with_engines(site, name):
 
 def test_matching_prebuilt_engine_is_cached_and_others_ignored(store, site):
     d = _release_with_engines(site, "engines-orin")
-    cfg = UpdateConfig(enabled=True, store_dir=store.root, trusted_keys=[site.keys.pub])
+    cfg = UpdateConfig(enabled=True, store_dir=store.root, trusted_keys=[site.keys.pub],
+                       mirrors=[site.base])
     staged = stage_release(store, site.url(d.name), site.sig(d.name),
-                           load_public_keys(cfg.trusted_keys), cfg, active=store.active_manifest(),
+                           load_public_keys(cfg.trusted_keys), cfg, serving=store.active_manifest(),
                            runtime_version="0.1.0", device=ORIN)
     assert staged.engines == ["encoder-sm87.engine"]
     built = []
@@ -54,10 +55,11 @@ def test_matching_prebuilt_engine_is_cached_and_others_ignored(store, site):
 
 def test_no_matching_engine_means_build_on_device(store, site):
     d = _release_with_engines(site, "engines-nano")
-    cfg = UpdateConfig(enabled=True, store_dir=store.root, trusted_keys=[site.keys.pub])
+    cfg = UpdateConfig(enabled=True, store_dir=store.root, trusted_keys=[site.keys.pub],
+                       mirrors=[site.base])
     nano = DeviceInfo(trt_version="8.5.2", gpu_name="Nano", compute_capability="5.3")
     staged = stage_release(store, site.url(d.name), site.sig(d.name),
-                           load_public_keys(cfg.trusted_keys), cfg, active=store.active_manifest(),
+                           load_public_keys(cfg.trusted_keys), cfg, serving=store.active_manifest(),
                            runtime_version="0.1.0", device=nano)
     assert staged.engines == []
     calls = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,9 +10,10 @@ import sys
 
 import pytest
 
+from edge_runtime.update.errors import Rejected
 from edge_runtime.update.store import BundleStore, resolve_bundle
 from models.bundle import read_manifest, verify_bundle
-from models.errors import BundleError, UpdateError
+from models.errors import BundleError
 
 
 def _stage(store: BundleStore, src):
@@ -33,19 +35,62 @@ def test_install_switches_link_keeps_previous_and_prunes(store, site):
     assert not list(store.root.glob(".*.tmp-*"))
 
 
-def test_rollback_and_reinstall(store, site):
+def test_rollback_retires_what_it_leaves_and_the_floor_holds(store, site):
+    """Before: "newer" meant newer than the active release, so after a rollback
+    from a bad v2 the same v2 installed again, and rolling "back" twice
+    returned to it."""
     v1 = store.current_name()
     p2 = store.install(_stage(store, site.root / "v2"))
+    assert store.policy().floor == 2
     assert store.rollback().name == v1
-    assert store.current_name() == v1 and store.previous_name() == p2.name
-    # installing the same release again reuses its untouched folder
-    ino = (p2 / "index.ann").stat().st_ino
-    assert store.install(_stage(store, site.root / "v2")) == p2
-    assert (p2 / "index.ann").stat().st_ino == ino
+    assert store.current_name() == v1 and store.previous_name() is None
+    with pytest.raises(Rejected) as err:
+        store.rollback()
+    assert err.value.category == "no_previous"
+    with pytest.raises(Rejected) as err:
+        store.install(_stage(store, site.root / "v2"))
+    assert err.value.category == "version_floor"
+    assert store.current_name() == v1 and store.policy().floor == 2
+    store.remove_release(p2.name)
+    p3 = store.install(_stage(store, site.root / "v3"))
+    assert store.current_name() == p3.name and store.policy().floor == 3
+    assert json.loads((store.root / "policy.json").read_text())["floor"] == 3
+
+
+def test_the_floor_is_repaired_at_start_after_a_crash_before_its_write(store, site):
+    p2 = store.install(_stage(store, site.root / "v2"))
+    (store.root / "policy.json").unlink()          # as if killed between link switch and write
+    assert store.policy().floor == 0
+    assert store.recover() == p2
+    assert store.policy().floor == 2
+
+
+def test_revoked_releases_never_activate_and_are_not_fallen_back_to(store, site):
+    v1 = store.current_name()
+    staged = _stage(store, site.root / "v2")
+    store.revoke({2})
+    with pytest.raises(Rejected) as err:
+        store.install(staged)
+    assert err.value.category == "revoked" and store.current_name() == v1
+    p3 = store.install(_stage(store, site.root / "v3"))
+    store.revoke({1})
+    with pytest.raises(Rejected, match="revoked"):
+        store.rollback()           # the kept previous (v1) is revoked too
+    with open(p3 / "items.json", "r+b") as f:   # damage the current release
+        f.truncate(5)
+    with pytest.raises(BundleError, match="no complete bundle"):
+        store.recover()            # v1 is complete but revoked, v2 was never installed
+    assert store.policy().revoked == {1, 2}
+
+
+def test_a_damaged_policy_file_is_a_clear_error(store):
+    (store.root / "policy.json").write_text("{")
+    with pytest.raises(BundleError, match="policy.json: unreadable"):
+        store.policy()
 
 
 def test_rollback_without_previous_is_refused(store):
-    with pytest.raises(UpdateError, match="no previous bundle"):
+    with pytest.raises(Rejected, match="no previous bundle"):
         store.rollback()
 
 
@@ -102,3 +147,38 @@ def test_store_module_cli(tmp_path, site):
     out = subprocess.run([sys.executable, "-m", "edge_runtime.update.store", "init", str(root),
                           str(tmp_path / "missing")], capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "missing" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_store_without_an_active_release_still_enforces_compatibility_and_floor(tmp_path, site):
+    """Before: with no active manifest (first install) the version and
+    compatibility checks were skipped."""
+    from edge_runtime.update.config import UpdateConfig
+    from edge_runtime.update.policy import VersionPolicy, write_policy
+    from edge_runtime.update.stage import stage_release
+    from models.signing import load_public_keys
+
+    store = BundleStore(tmp_path / "empty")
+    store.releases.mkdir(parents=True)
+    assert store.active_manifest() is None
+    serving = read_manifest(site.root / "v1")        # what the pipeline runs
+    cfg = UpdateConfig(enabled=True, store_dir=store.root, trusted_keys=[site.keys.pub],
+                       mirrors=[site.base])
+    keys = load_public_keys(cfg.trusted_keys)
+
+    def stage(name):
+        return stage_release(store, site.url(name), site.sig(name), keys, cfg, serving=serving,
+                             runtime_version="0.1.0")
+
+    with pytest.raises(Rejected) as err:
+        stage("v2-dim32")
+    assert err.value.category == "incompatible"
+    with pytest.raises(Rejected) as err:
+        stage("v1")                                  # not newer than what serves
+    assert err.value.category == "version_floor"
+    write_policy(store.root, VersionPolicy(floor=2))
+    with pytest.raises(Rejected) as err:
+        stage("v2")
+    assert err.value.category == "version_floor"
+    staged = stage("v3")
+    assert staged.manifest.bundle_version == 3
+    store.discard(staged.path)

@@ -14,18 +14,18 @@ import sys
 
 from edge_runtime.update.commands import verified_manifest
 from edge_runtime.update.config import UpdateConfig
-from edge_runtime.update.fetch import fetch_bytes
+from edge_runtime.update.fetch import Budget, fetch_bytes
+from edge_runtime.update.stage import stage_release
 from edge_runtime.update.store import BundleStore
-from edge_runtime.update.updater import stage_release
 from models.signing import load_public_keys
 
 
 def child(req: dict) -> int:
     store = BundleStore(req["store"])
     cfg = UpdateConfig(enabled=True, store_dir=req["store"], trusted_keys=[req["pub"]],
-                       download_timeout_s=5.0)
+                       mirrors=[req["mirror"]], download_timeout_s=5.0)
     staged = stage_release(store, req["url"], req["sig"], load_public_keys(cfg.trusted_keys), cfg,
-                           active=store.active_manifest(), runtime_version="0.1.0")
+                           serving=store.active_manifest(), runtime_version="0.1.0")
     store.install(staged.path)
     return 0
 
@@ -33,7 +33,7 @@ def child(req: dict) -> int:
 def warm(req: dict) -> None:
     """Do once, in the zygote, what every child would otherwise redo lazily
     (TLS context, pydantic validators): fetch and verify the manifest only."""
-    data = fetch_bytes(req["url"], 1 << 20, 5.0)
+    data = fetch_bytes(req["url"], 1 << 20, Budget.start(5.0))
     verified_manifest(data, req["sig"], load_public_keys([req["pub"]]))
 
 

@@ -23,7 +23,7 @@ from edge_runtime.update.config import UpdateConfig
 from edge_runtime.update.store import BundleStore
 from edge_runtime.update.updater import Updater
 
-FINAL = ("active", "rejected", "rolled_back")
+FINAL = ("active", "rejected", "rolled_back", "revoked")
 ASYNCAPI = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
 
 
@@ -62,13 +62,15 @@ def frame_folder(catalogue: Path, out: Path, repeat: int = 6) -> Path:
 
 
 class KioskUnderTest:
-    def __init__(self, broker, store: BundleStore, pub_keys: list[Path], kiosk_id: str = "k1",
-                 frames: Path | None = None, groups: tuple[str, ...] = ("north",),
-                 runtime_version: str = "0.1.0") -> None:
+    def __init__(self, broker, store: BundleStore, pub_keys: list[Path], mirrors: list[str],
+                 kiosk_id: str = "k1", frames: Path | None = None,
+                 groups: tuple[str, ...] = ("north",), runtime_version: str = "0.1.0",
+                 **update: object) -> None:
         self.kiosk_id = kiosk_id
         self.store = store
         self.cfg = UpdateConfig(enabled=True, store_dir=store.root, trusted_keys=pub_keys,
-                                download_timeout_s=5.0, groups=list(groups))
+                                mirrors=mirrors, download_timeout_s=5.0, groups=list(groups),
+                                **update)
         self.mqtt = KioskMqtt(MqttConfig(host="127.0.0.1", port=broker.port), kiosk_id)
         assert self.mqtt.start(wait_s=10)
         self.first_matcher = Matcher.open(store.current_path())

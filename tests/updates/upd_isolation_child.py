@@ -40,7 +40,8 @@ def main() -> None:
     mqtt.start(wait_s=10)
     pipeline = Pipeline(None, Matcher.open(resolve_bundle(store_root)), Decider(DecisionParams()),
                         mqtt, PipelineOptions(kiosk_id="iso", camera_id="cam0"))
-    cfg = UpdateConfig(enabled=True, store_dir=store_root, trusted_keys=[pub])
+    cfg = UpdateConfig(enabled=True, store_dir=store_root, trusted_keys=[pub],
+                       mirrors=[url.rsplit("/", 2)[0] + "/"])
     updater = Updater(store, mqtt, pipeline, cfg, "0.1.0")
     updater.start()
     updater._submit("update", json.dumps(make_update_command(url, sig)).encode())
