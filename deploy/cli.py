@@ -13,6 +13,7 @@ COMMANDS = {
     "serve": ("deploy.serve", "serve a folder of releases over HTTP"),
     "push": ("deploy.push", "tell kiosks to install a signed release"),
     "rollback": ("deploy.rollback", "tell a kiosk to return to its previous bundle"),
+    "revoke": ("deploy.revoke", "retire releases fleet-wide (signed revocation)"),
     "status": ("deploy.status", "table of the fleet's kiosks from their retained status"),
 }
 

@@ -22,13 +22,16 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from models.errors import ConfigError, KioskError
 
 __all__ = ["add_broker_arguments", "add_target_arguments", "connect", "publish_command",
-           "read_statuses", "resolve_targets", "parse_broker_url"]
+           "read_statuses", "resolve_targets", "parse_broker_url", "send_and_follow"]
+
+FINAL = ("active", "rejected", "rolled_back", "revoked")
 
 _KIOSK_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -185,3 +188,51 @@ def resolve_targets(args: argparse.Namespace, client) -> list[str]:
         raise KioskError(f"--group {args.group}: no kiosk's retained status lists this group "
                          f"({len(statuses)} kiosk(s) seen)")
     return ids
+
+
+def send_and_follow(client, targets: list[str], name: str, make_payload: Callable[[], dict], *,
+                    timeout: float, wait_s: float, success: str) -> int:
+    """Publish one ``cmd/{name}`` command per kiosk; with ``wait_s`` > 0 follow
+    each kiosk's update/status (printing every step) until a final state.
+    KioskError when a kiosk ends in another state than ``success`` or says
+    nothing within ``wait_s``."""
+    results: dict[str, dict] = {}
+    cond = threading.Condition()
+    commands: dict[str, str] = {}
+    if wait_s > 0:
+        def on_message(c, userdata, msg):
+            try:
+                body = json.loads(msg.payload)
+            except ValueError:
+                return
+            kiosk = msg.topic.split("/")[1]
+            if isinstance(body, dict) and body.get("command_id") == commands.get(kiosk):
+                why = ": ".join(str(body[k]) for k in ("error", "reason") if body.get(k))
+                print(f"{kiosk}: {body.get('state')}" + (f" ({why})" if why else ""), flush=True)
+                if body.get("state") in FINAL:
+                    with cond:
+                        results[kiosk] = body
+                        cond.notify_all()
+        client.on_message = on_message
+        client.subscribe([(f"kiosk/{k}/update/status", 1) for k in targets])
+        time.sleep(0.2)  # let the subscription land before the first command
+    for kiosk in targets:
+        payload = make_payload()
+        with cond:
+            commands[kiosk] = payload["command_id"]
+        publish_command(client, f"kiosk/{kiosk}/cmd/{name}", payload, timeout)
+        print(f"{kiosk}: {name} sent (command {payload['command_id']})", flush=True)
+    if wait_s <= 0:
+        return 0
+    deadline = time.monotonic() + wait_s
+    with cond:
+        while len(results) < len(targets) and time.monotonic() < deadline:
+            cond.wait(0.2)
+    missing = [k for k in targets if k not in results]
+    for k in missing:
+        print(f"{k}: no result within {wait_s:.0f} s (offline? see deploy status)")
+    failed = [k for k, r in results.items() if r.get("state") != success]
+    if failed or missing:
+        raise KioskError(f"{len(failed)} kiosk(s) rejected the {name}, "
+                         f"{len(missing)} did not answer")
+    return 0

@@ -10,9 +10,6 @@ follows it until each kiosk reports active or rejected.
 from __future__ import annotations
 
 import argparse
-import json
-import threading
-import time
 from pathlib import Path
 
 from deploy import fleet
@@ -20,10 +17,8 @@ from edge_runtime.update.commands import make_update_command
 from edge_runtime.update.fetch import Budget, fetch_bytes
 from edge_runtime.update.urls import resolve_url
 from models.bundle import SIGNATURE
-from models.errors import ConfigError, KioskError
+from models.errors import ConfigError
 from models.signing import decode_signature
-
-FINAL = ("active", "rejected")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,45 +49,9 @@ def run(args: argparse.Namespace) -> int:
     sig = _signature(args)
     client = fleet.connect(args, "deploy-push")
     try:
-        targets = fleet.resolve_targets(args, client)
-        results: dict[str, dict] = {}
-        cond = threading.Condition()
-        commands = {}
-        if args.wait > 0:
-            def on_message(c, userdata, msg):
-                try:
-                    body = json.loads(msg.payload)
-                except ValueError:
-                    return
-                kiosk = msg.topic.split("/")[1]
-                if isinstance(body, dict) and body.get("command_id") == commands.get(kiosk):
-                    why = ": ".join(str(body[k]) for k in ("error", "reason") if body.get(k))
-                    print(f"{kiosk}: {body.get('state')}" + (f" ({why})" if why else ""), flush=True)
-                    if body.get("state") in FINAL:
-                        with cond:
-                            results[kiosk] = body
-                            cond.notify_all()
-            client.on_message = on_message
-            client.subscribe([(f"kiosk/{k}/update/status", 1) for k in targets])
-            time.sleep(0.2)  # let the subscription land before the first command
-        for kiosk in targets:
-            payload = make_update_command(args.manifest_url, sig)
-            commands[kiosk] = payload["command_id"]
-            fleet.publish_command(client, f"kiosk/{kiosk}/cmd/update", payload, args.timeout)
-            print(f"{kiosk}: update sent (command {payload['command_id']})", flush=True)
-        if args.wait <= 0:
-            return 0
-        deadline = time.monotonic() + args.wait
-        with cond:
-            while len(results) < len(targets) and time.monotonic() < deadline:
-                cond.wait(0.2)
-        missing = [k for k in targets if k not in results]
-        for k in missing:
-            print(f"{k}: no result within {args.wait:.0f} s (offline? see deploy status)")
-        failed = [k for k, r in results.items() if r.get("state") != "active"]
-        if failed or missing:
-            raise KioskError(f"{len(failed)} kiosk(s) rejected the update, "
-                             f"{len(missing)} did not answer")
-        return 0
+        return fleet.send_and_follow(
+            client, fleet.resolve_targets(args, client), "update",
+            lambda: make_update_command(args.manifest_url, sig), timeout=args.timeout,
+            wait_s=args.wait, success="active")
     finally:
         fleet.close(client)

@@ -10,6 +10,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -77,8 +78,8 @@ def _connect(port, user=None, password=None, tls_ca=None):
     return c, result["rc"]
 
 
-def _publish(c, topic: str) -> object:
-    info = c.publish(topic, b"{}", qos=1)
+def _publish(c, topic: str, payload: bytes = b"{}") -> object:
+    info = c.publish(topic, payload, qos=1)
     with c.cond:
         c.cond.wait_for(lambda: info.mid in c.acks, 5)
     return c.acks[info.mid]
@@ -135,6 +136,31 @@ def test_only_the_operator_publishes_commands_and_each_kiosk_reads_only_its_own(
         _close(op)
         a.close()
         b.close()
+
+
+def test_an_oversize_command_is_refused_by_the_broker(secured):
+    """message_size_limit in the shipped config: before, a client allowed to
+    publish commands could hand each kiosk payloads of up to 256 MB."""
+    broker, _, _ = secured
+    a = Collector(broker.port, ["kiosk/kiosk-a/cmd/#"], username="kiosk-a", password="pw-a")
+    op, rc = _connect(broker.port, "operator", "pw-op")
+    dropped = threading.Event()
+    op.on_disconnect = lambda *args: dropped.set()
+    try:
+        assert not _publish(op, "kiosk/kiosk-a/cmd/rollback", b'{"small": 1}').is_failure
+        big = op.publish("kiosk/kiosk-a/cmd/update", b'{"pad": "' + b"x" * 70_000 + b'"}', qos=1)
+        # Mosquitto 2.0 answers with reason "packet too large" (0x95, which MQTT 5 does
+        # not allow in a PUBACK, so paho drops the connection) or a failure code
+        with op.cond:
+            op.cond.wait_for(lambda: big.mid in op.acks or dropped.is_set(), 5)
+        assert dropped.is_set() or op.acks[big.mid].is_failure
+        assert a.wait_for(lambda m: m[0] == "kiosk/kiosk-a/cmd/rollback", 5)
+        time.sleep(0.5)
+        assert [len(p) for t, p, _ in a.messages] == [len(b'{"small": 1}')]  # never delivered
+    finally:
+        op.reconnect_delay_set(60, 60)
+        _close(op)
+        a.close()
 
 
 def test_tls_listener_with_the_test_ca(secured):
