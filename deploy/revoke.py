@@ -1,4 +1,4 @@
-"""`deploy revoke (--kiosk ID | --group NAME) --version N [--version M] --key KEY`:
+"""`deploy revoke (--kiosk ID | --group NAME) --version N [--version M] --release-key KEY`:
 retire releases fleet-wide.
 
 Signs a revocation document (``{"schema": "kiosk.revocation/1", "revoked":
@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fleet.add_target_arguments(p)
     p.add_argument("--version", type=int, action="append", required=True, metavar="N",
                    help="release version to revoke (repeatable)")
-    p.add_argument("--key", type=Path, required=True, help="Ed25519 release key (deploy keygen)")
+    p.add_argument("--release-key", type=Path, required=True,
+                   help="the Ed25519 release key that signs releases (deploy keygen)")
     p.add_argument("--wait", type=float, default=0.0, metavar="S",
                    help="follow update/status for up to S seconds and report each kiosk's result")
     fleet.add_broker_arguments(p)
@@ -39,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if any(v < 1 for v in args.version):
         raise ConfigError(f"--version {min(args.version)}: release versions are >= 1")
-    key = load_private_key(args.key)
+    key = load_private_key(args.release_key)
     document = make_revocation(args.version)
     signature = encode_signature(sign(key, document))
     print(f"revocation of release(s) {', '.join(map(str, sorted(set(args.version))))} signed "
