@@ -108,7 +108,7 @@ EXTRA=()
 START=$(date +%s)
 set +e
 edge-runtime run --config sample/kiosk.toml --source "$CLIP" --bundle "$BUNDLE" --broker "$BROKER" --kiosk-id "$KIOSK_ID" \
-  --preview "$OUT/preview.mp4" "${EXTRA[@]}" > "$OUT/runtime.log" 2>&1 &
+  --preview "$OUT/preview.mp4" --outbox "$OUT/outbox.sqlite" "${EXTRA[@]}" > "$OUT/runtime.log" 2>&1 &
 RUNTIME=$!
 PIDS+=("$RUNTIME")
 wait "$RUNTIME"

@@ -6,8 +6,10 @@
     edge-runtime run --config kiosk.toml --validate-config
 
 Flags override the file. SIGTERM/SIGINT stop the capture, flush the MQTT
-queue within ``mqtt.flush_timeout_s``, publish the offline status and exit 0;
-so does the end of a file source (unless ``--loop``).
+outbox within ``mqtt.flush_timeout_s``, publish the offline status and exit 0;
+so does the end of a file source (unless ``--loop``). Exit status 3: stopped
+with messages undelivered (kept in the outbox for the next start, or lost
+with ``mqtt.outbox = "memory"``); 1: the source failed.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pace a file at its frame rate (keep newest frame)")
     p.add_argument("--loop", action="store_true", default=None, help="replay a file forever")
     p.add_argument("--preview", type=Path, help="write an annotated video (out.mp4)")
+    p.add_argument("--outbox", help='where unacknowledged events are kept: a SQLite file, or '
+                   '"memory" (default: outbox-KIOSK_ID.sqlite in the state directory)')
     p.add_argument("--max-frames", type=int, help="stop after N frames")
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--validate-config", action="store_true", help="check the config and exit")
@@ -74,7 +78,7 @@ def build_config(args: argparse.Namespace) -> KioskConfig:
              "kiosk.camera_id": args.camera_id, "backend.kind": args.backend,
              "source.realtime": args.realtime, "source.loop": args.loop,
              "preview.path": args.preview, "max_frames": args.max_frames,
-             "logging.format": args.log_format}
+             "logging.format": args.log_format, "mqtt.outbox": args.outbox}
     over.update({k: v for k, v in flags.items() if v is not None})
     if args.broker:
         host, port, tls = parse_broker_url(args.broker)
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     reason = kiosk.run(stop)
-    return 1 if reason == "source failed" else 0
+    return 1 if reason == "source failed" else 3 if kiosk.undelivered else 0
 
 
 class Kiosk:
@@ -116,6 +120,7 @@ class Kiosk:
         self.source = source   # an injected FrameSource (tests); default: from cfg.source
         self.pipeline: Any = None
         self.mqtt: Any = None
+        self.undelivered = 0   # messages left in the outbox at stop
 
     def _bundle_dir(self) -> tuple[Path, Any]:
         cfg = self.cfg
@@ -153,6 +158,7 @@ class Kiosk:
         from edge_runtime.decision import Decider, DecisionParams
         from edge_runtime.metrics import MetricsServer, RuntimeStats
         from edge_runtime.mqtt import KioskMqtt
+        from edge_runtime.outbox import open_outbox
         from edge_runtime.pipeline import Pipeline, PipelineOptions
         from edge_runtime.sources import open_source
 
@@ -166,7 +172,13 @@ class Kiosk:
                 log.warning("bundle self-test: %s", failure)
         m = matcher.manifest
         roi = (cfg.roi.x, cfg.roi.y, cfg.roi.w, cfg.roi.h) if cfg.roi.enabled else None
-        mqtt = KioskMqtt(cfg.mqtt, cfg.kiosk.id, status={
+        try:
+            outbox = open_outbox(cfg.mqtt.outbox, cfg.kiosk.id, max_messages=cfg.mqtt.queue_max,
+                                 max_bytes=cfg.mqtt.queue_max_bytes, sync=cfg.mqtt.outbox_sync)
+        except BaseException:
+            matcher.close()
+            raise
+        mqtt = KioskMqtt(cfg.mqtt, cfg.kiosk.id, outbox=outbox, status={
             "camera_id": cfg.kiosk.camera_id, "runtime_version": edge_runtime.__version__,
             **bundle_status(matcher), "source": source.name, "source_state": source.state,
             "started": utc_iso()})
@@ -209,6 +221,7 @@ class Kiosk:
                                       f"{cfg.metrics.port} ({exc.strerror})") from None
         except BaseException:
             matcher.close()
+            outbox.close()
             raise
         mqtt.start(wait_s=5.0)
         if updater is not None:
@@ -238,6 +251,7 @@ class Kiosk:
             mqtt.publish_json("metrics", snapshot(), qos=1)
             mqtt.set_status(source_state=source.state)
             flushed = mqtt.stop(cfg.mqtt.flush_timeout_s, reason=reason)
+            self.undelivered = mqtt.undelivered
             if server is not None:
                 server.stop()
             if preview is not None:

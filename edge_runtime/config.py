@@ -111,9 +111,19 @@ class MqttConfig(_Section):
     key_file: Path | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
     session_expiry_s: int = Field(3600, ge=0, le=2**32 - 1, description="MQTT 5 session expiry")
-    reconnect_min_s: int = Field(1, ge=1, le=600)
-    reconnect_max_s: int = Field(60, ge=1, le=3600)
-    queue_max: int = Field(1000, ge=1, le=1_000_000, description="offline queue bound (oldest dropped)")
+    reconnect_min_s: float = Field(1.0, ge=0.1, le=30, description="first reconnect delay")
+    reconnect_max_s: float = Field(5.0, ge=0.1, le=30,
+                                   description="reconnect delay cap (half of each delay is random)")
+    outbox: str | None = Field(None, min_length=1, description="QoS 1 messages kept until "
+                               "acknowledged: a SQLite file, or \"memory\" (lost at exit); "
+                               "default: outbox-{kiosk.id}.sqlite in the state directory "
+                               "($STATE_DIRECTORY, else ~/.local/state/kiosk)")
+    outbox_sync: Literal["full", "normal"] = Field(
+        "full", description="full: fsync each message (survives power loss); normal: survives "
+        "a crash of the process only")
+    queue_max: int = Field(1000, ge=1, le=1_000_000, description="outbox bound in messages (oldest dropped)")
+    queue_max_bytes: int = Field(16 << 20, ge=1 << 16, le=1 << 34,
+                                 description="outbox bound in payload bytes (oldest dropped)")
     metrics_interval_s: float = Field(10.0, gt=0, le=3600)
     flush_timeout_s: float = Field(5.0, ge=0, le=600, description="time given to the queue at shutdown")
 
@@ -123,6 +133,8 @@ class MqttConfig(_Section):
             raise ValueError("cert_file and key_file must be given together")
         if self.password is not None and self.username is None:
             raise ValueError("password given without username")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
         return self
 
     def credentials(self) -> tuple[str | None, str | None]:

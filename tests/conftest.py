@@ -14,6 +14,13 @@ from tiny_bundle import make_tiny_bundle  # noqa: E402,F401  (re-exported for te
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory, monkeypatch):
+    """Each test its own kiosk state directory (where the outbox lives by
+    default), never the user's home, and no leftovers from another test."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def broker(tmp_path_factory):
     """A real Mosquitto broker on a free loopback port (function scope)."""

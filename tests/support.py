@@ -13,13 +13,24 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["free_port", "find_mosquitto", "Broker", "make_product_photos", "Collector"]
+__all__ = ["free_port", "find_mosquitto", "Broker", "make_product_photos", "Collector",
+           "poll_until"]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def poll_until(pred, timeout: float = 10.0, every: float = 0.02) -> bool:
+    """True as soon as ``pred()`` is, False after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(every)
+    return False
 
 
 def find_mosquitto() -> str | None:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from runtime_support import SessionSubscriber
-from support import Broker, Collector, find_mosquitto
+from support import Broker, Collector, find_mosquitto, poll_until
 
 from edge_runtime.config import MqttConfig
 from edge_runtime.mqtt import KioskMqtt
@@ -26,13 +26,7 @@ def cfg(port: int, **kw) -> MqttConfig:
                       metrics_interval_s=60, flush_timeout_s=5, **kw)
 
 
-def wait(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
+wait = poll_until
 
 
 def test_status_retained_merged_and_offline_at_stop(broker, validate_message):
