@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edge_runtime.matcher import Matcher
+    from edge_runtime.overlay import find_overlay
     from edge_runtime.update.store import resolve_bundle
 
     if args.top_k < 1:
@@ -51,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
     failed = 0
-    with Matcher.open(resolve_bundle(args.bundle_dir), threshold=args.threshold,
-                      search_mode=args.mode) as matcher:
+    bundle = resolve_bundle(args.bundle_dir)
+    with Matcher.open(bundle, threshold=args.threshold, search_mode=args.mode,
+                      overlay_dir=find_overlay(bundle)) as matcher:
         for start in range(0, len(args.images), max(1, args.batch)):
             paths, imgs = [], []
             for p in args.images[start : start + max(1, args.batch)]:

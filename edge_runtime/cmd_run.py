@@ -142,6 +142,7 @@ class Kiosk:
         ``verified``: what the updater's verifier process already checked."""
         from edge_runtime.encoders.select import open_encoder
         from edge_runtime.matcher import Matcher
+        from edge_runtime.overlay import find_overlay
         from models.bundle import read_manifest
 
         b = self.cfg.backend
@@ -149,7 +150,7 @@ class Kiosk:
                                max_batch=b.max_batch)
         try:
             return Matcher.open(bundle_dir, encoder=encoder, threshold=self.cfg.decision.threshold,
-                                verified=verified)
+                                verified=verified, overlay_dir=find_overlay(bundle_dir))
         except BaseException:
             encoder.close()
             raise

@@ -59,7 +59,8 @@ def match_payload(*, kiosk_id: str, camera_id: str, frame_index: int, source_ts:
 def bundle_status(matcher: Any) -> dict[str, Any]:
     """The retained-status fields that say what a kiosk runs: the serving
     matcher's release version, encoder and index hashes, backend, and engine
-    (the TensorRT engine file, or ONNX Runtime's execution providers). Set
+    (the TensorRT engine file, or ONNX Runtime's execution providers), and
+    the size of the local enrolment overlay applied to it, if any. Set
     at start and after every swap, so the status never shows a bundle the
     kiosk no longer serves."""
     m, enc = matcher.manifest, matcher.encoder
@@ -68,5 +69,7 @@ def bundle_status(matcher: Any) -> dict[str, Any]:
         engine = getattr(getattr(enc, "path", None), "name", None)
     else:
         engine = ",".join(getattr(enc, "providers", None) or []) or None
+    overlay = getattr(matcher, "overlay", None)
     return {"bundle_version": m.bundle_version, "encoder_sha256": m.encoder.sha256,
-            "index_sha256": m.index.sha256, "backend": name, "engine": engine}
+            "index_sha256": m.index.sha256, "backend": name, "engine": engine,
+            "overlay": overlay.summary() if overlay is not None else None}

@@ -13,6 +13,10 @@
 4. a probe image encoded now must reproduce its stored embedding: an index
    built by another encoder is refused even when every hash was recomputed.
 
+``overlay_dir`` adds a kiosk's local enrolment (edge_runtime/overlay.py):
+its photos, embedded by this bundle's encoder, are searched exactly beside
+the bundle's index; the self-test ignores them.
+
 A remote update does step 1 (and the parsing of items.json, and the choice
 of search mode) in a separate process, off the frame path
 (``edge_runtime.update.verify``), and hands the result over as
@@ -30,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.encoders.base import EncoderBackend
+from edge_runtime.overlay import OverlayVectors, overlay_vectors
 from edge_runtime.search import VectorIndex, check_mode
 from models.bundle import MANIFEST, Manifest, load_probes, parse_manifest, verify_bundle_items
 from models.errors import BundleError, ImageError
@@ -87,14 +92,17 @@ class Matcher:
         self.encoder = encoder
         self.index = index
         self.items = items
+        self.n_base_items = len(items)   # the bundle's own; overlay items come after
         self.threshold = threshold
         self.search_mode = search_mode
         self.search_report: dict = {}  # auto mode's measurements, when it measured
+        self.overlay: OverlayVectors | None = None
+        self._overlay_groups: list[tuple[int, np.ndarray]] = []   # (item, its overlay rows)
 
     @classmethod
     def open(cls, bundle_dir: str | Path, encoder: EncoderBackend | None = None,
              threshold: float | None = None, search_mode: str | None = None,
-             verified: VerifiedItems | None = None) -> Matcher:
+             verified: VerifiedItems | None = None, overlay_dir: Path | None = None) -> Matcher:
         root = Path(bundle_dir)
         if verified is None:
             m, items_file = verify_bundle_items(root)
@@ -118,9 +126,12 @@ class Matcher:
                                 len(items), m.index.n_trees, m.index.search_k)
             index.check_consistency()
             mode = check_mode(search_mode or m.search.mode)
-            matcher = cls(root, m, encoder, index, items,
+            matcher = cls(root, m, encoder, index, list(items),
                           m.search.threshold if threshold is None else float(threshold), mode)
             matcher._check_encoder()
+            if overlay_dir is not None:
+                matcher.attach_overlay(overlay_vectors(overlay_dir, m.encoder.sha256,
+                                                       matcher.encode))
             encoder.warmup()
             index.warm()
             if mode == "auto" and verified is not None:
@@ -137,6 +148,24 @@ class Matcher:
         log.info("bundle %s v%d: %d items, %d vectors, search %s, encoder %s", root,
                  m.bundle_version, m.item_count, m.index.n_vectors, matcher.search_mode, encoder.name)
         return matcher
+
+    def attach_overlay(self, ov: OverlayVectors) -> None:
+        """Search ``ov``'s vectors beside the index from now on: rows of an
+        item the bundle has count for it, others are extra items."""
+        if len(ov.item_ids) and ov.emb.shape[1] != self.manifest.embedding_size:
+            raise BundleError(f"overlay embeddings are {ov.emb.shape[1]}-d, the bundle's "
+                              f"{self.manifest.embedding_size}-d")
+        index = {iid: k for k, (iid, _) in enumerate(self.items)}
+        rows: dict[int, list[int]] = {}
+        for r, iid in enumerate(ov.item_ids):
+            if iid not in index:
+                index[iid] = len(self.items)
+                self.items.append((iid, ov.names.get(iid, iid)))
+            rows.setdefault(index[iid], []).append(r)
+        self.overlay = ov
+        self._overlay_groups = [(k, np.asarray(v)) for k, v in rows.items()]
+        log.info("%s: local overlay of %d photo(s), %d item(s)", self.bundle_dir,
+                 len(ov.item_ids), len(rows))
 
     def _choose_mode(self) -> None:
         """``auto``: exact search below the bundle's ``exact_below`` vectors
@@ -181,20 +210,37 @@ class Matcher:
             return np.zeros((0, self.manifest.embedding_size), dtype=np.float32)
         return self.encoder.encode(preprocess_batch(list(images_bgr), self.encoder.spec))
 
-    def search(self, emb: np.ndarray, top_k: int = 5) -> list[list[Match]]:
-        """Items ranked by their best vector; always ``top_k`` (or all items
-        if fewer); the caller applies ``self.threshold``."""
+    def search(self, emb: np.ndarray, top_k: int = 5, *, overlay: bool = True
+               ) -> list[list[Match]]:
+        """Items ranked by their best vector (the overlay's included unless
+        ``overlay`` is False); always ``top_k`` (or all items if fewer); the
+        caller applies ``self.threshold``."""
         emb = np.atleast_2d(np.asarray(emb, dtype=np.float32))
         if emb.shape[1] != self.manifest.embedding_size:
             raise ValueError(f"expected {self.manifest.embedding_size}-d embeddings, got {emb.shape}")
+        rows = self.index.search_items(emb, top_k, self.search_mode)  # type: ignore[arg-type]
+        if overlay and self._overlay_groups:
+            rows = self._merge_overlay(emb, rows, top_k)
+        return [[Match(self.items[i][0], self.items[i][1], round(float(s), 6), r)
+                 for r, (i, s) in enumerate(row, start=1)] for row in rows]
+
+    def _merge_overlay(self, emb: np.ndarray, rows: list, top_k: int) -> list:
+        """An item's score is its best vector in the index or the overlay; the
+        index's top_k plus every overlay item hold the true top_k."""
+        scores = emb @ self.overlay.emb.T
         out = []
-        for row in self.index.search_items(emb, top_k, self.search_mode):  # type: ignore[arg-type]
-            out.append([Match(self.items[i][0], self.items[i][1], round(float(s), 6), r)
-                        for r, (i, s) in enumerate(row, start=1)])
+        for b, row in enumerate(rows):
+            best = {int(i): float(s) for i, s in row}
+            for item, r in self._overlay_groups:
+                s = float(scores[b, r].max())
+                if s > best.get(item, -2.0):
+                    best[item] = s
+            out.append(sorted(best.items(), key=lambda kv: -kv[1])[:top_k])
         return out
 
-    def match_images(self, images: list[np.ndarray], top_k: int = 5) -> list[list[Match]]:
-        return self.search(self.encode(images), top_k) if images else []
+    def match_images(self, images: list[np.ndarray], top_k: int = 5, *, overlay: bool = True
+                     ) -> list[list[Match]]:
+        return self.search(self.encode(images), top_k, overlay=overlay) if images else []
 
     def self_test(self) -> list[str]:
         """Each probe image must retrieve its expected item at rank 1 and at or
@@ -203,7 +249,7 @@ class Matcher:
         for p in load_probes(self.bundle_dir).probes:
             path = self.bundle_dir / p.file
             try:
-                top = self.match_images([read_image(path)], top_k=1)[0]
+                top = self.match_images([read_image(path)], top_k=1, overlay=False)[0]
             except ImageError as exc:
                 failures.append(f"{p.file}: unreadable ({exc})")
                 continue

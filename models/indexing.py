@@ -55,7 +55,8 @@ from models.images import is_image_file, read_image
 from models.preprocess import PreprocessSpec, preprocess_batch
 
 __all__ = ["EXPORT_INFO", "ExportInfo", "IndexParams", "read_export_info", "encode_entries",
-           "build_annoy", "write_bundle", "commit_dir", "index_catalogue", "enroll"]
+           "build_annoy", "write_bundle", "commit_dir", "index_catalogue", "item_folder_entries",
+           "enroll"]
 
 log = logging.getLogger(__name__)
 
@@ -337,15 +338,10 @@ def index_catalogue(bundle_dir: Path, entries: Sequence[Entry], names: dict[str,
     return m, skipped
 
 
-def enroll(bundle_dir: Path, folders: Sequence[Path], encoder, item_id: str | None = None,
-           names: dict[str, str] | None = None, out: Path | None = None, progress: bool = True
-           ) -> tuple[Manifest, list[str]]:
-    """Add the photos in ``folders`` (one item each: the folder's name, or
-    ``item_id``) to a verified bundle; rebuild its index from the stored plus
-    the new embeddings; bump bundle_version. Writes ``out`` (default: the
-    bundle itself, swapped atomically)."""
-    bundle_dir = Path(bundle_dir)
-    m = verify_bundle(bundle_dir)
+def item_folder_entries(folders: Sequence[Path], item_id: str | None = None,
+                        names: dict[str, str] | None = None) -> list[Entry]:
+    """The photos of enrolment folders, one item each (the folder's name, or
+    ``item_id`` for a single folder); CatalogueError naming a bad folder."""
     if item_id is not None and len(folders) != 1:
         raise CatalogueError("--item-id applies to a single ITEM_FOLDER")
     entries: list[Entry] = []
@@ -358,6 +354,19 @@ def enroll(bundle_dir: Path, folders: Sequence[Path], encoder, item_id: str | No
         if not imgs:
             raise CatalogueError(f"{folder}: no images in item folder")
         entries += [Entry(p, iid, (names or {}).get(iid)) for p in imgs]
+    return entries
+
+
+def enroll(bundle_dir: Path, folders: Sequence[Path], encoder, item_id: str | None = None,
+           names: dict[str, str] | None = None, out: Path | None = None, progress: bool = True
+           ) -> tuple[Manifest, list[str]]:
+    """Add the photos in ``folders`` (one item each: the folder's name, or
+    ``item_id``) to a verified bundle; rebuild its index from the stored plus
+    the new embeddings; bump bundle_version. Writes ``out`` (default: the
+    bundle itself, swapped atomically)."""
+    bundle_dir = Path(bundle_dir)
+    m = verify_bundle(bundle_dir)
+    entries = item_folder_entries(folders, item_id, names)
     emb_new, kept, skipped = encode_entries(encoder, entries, progress=progress)
     if not kept:
         raise CatalogueError("none of the new photos is readable")

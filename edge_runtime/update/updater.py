@@ -75,8 +75,9 @@ FINAL = ("active", "rejected", "rolled_back", "revoked")
 
 def _default_open(path: Path, verified: Any = None) -> Any:
     from edge_runtime.matcher import Matcher
+    from edge_runtime.overlay import find_overlay
 
-    return Matcher.open(path, verified=verified)
+    return Matcher.open(path, verified=verified, overlay_dir=find_overlay(path))
 
 
 class _Preempted:

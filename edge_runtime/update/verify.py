@@ -49,17 +49,21 @@ POLL_S = 0.25
 def _child(root: Path) -> tuple[dict, bytes]:
     from edge_runtime.encoders.onnx_backend import OnnxEncoder
     from edge_runtime.matcher import Matcher
+    from edge_runtime.overlay import find_overlay
     from models.bundle import read_manifest
 
     t = time.monotonic()
     m = read_manifest(root)
+    # With the store's overlay: its photos get embedded (and cached) here,
+    # not in the kiosk's process, when the encoder changes.
     matcher = Matcher.open(root, encoder=OnnxEncoder(root / ENCODER, m.input, m.embedding_size,
-                                                     threads=1))
+                                                     threads=1), overlay_dir=find_overlay(root))
     try:
         vec = np.ascontiguousarray(matcher.index.vec_item, dtype="<i4").tobytes()
-        text = "\0".join(s for pair in matcher.items for s in pair).encode("utf-8")
+        items = matcher.items[:matcher.n_base_items]
+        text = "\0".join(s for pair in items for s in pair).encode("utf-8")
         header = {"ok": True, "manifest_sha256": hashlib.sha256((root / MANIFEST).read_bytes())
-                  .hexdigest(), "n_items": len(matcher.items),
+                  .hexdigest(), "n_items": len(items),
                   "n_vectors": int(matcher.index.n_vectors), "vec_bytes": len(vec),
                   "search_mode": matcher.search_mode, "search_report": matcher.search_report,
                   "seconds": round(time.monotonic() - t, 3)}

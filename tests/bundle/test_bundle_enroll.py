@@ -3,6 +3,7 @@ encoder, index rebuilt into a new folder swapped in atomically."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from support import make_product_photos
@@ -78,7 +79,9 @@ def test_enroll_errors_are_one_line(tiny_bundle, tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_enroll_on_a_bundle_store_installs_a_new_release(tiny_bundle, tiny_catalogue, tmp_path):
+def test_enroll_on_a_bundle_store_writes_the_local_overlay(tiny_bundle, tiny_catalogue, tmp_path):
+    """The kiosk's enrolment leaves its releases alone (no new version: the
+    fleet's next release must still install) and lands in the overlay."""
     from edge_runtime.update.store import BundleStore
 
     store = BundleStore(tmp_path / "store")
@@ -86,12 +89,18 @@ def test_enroll_on_a_bundle_store_installs_a_new_release(tiny_bundle, tiny_catal
     extra = shutil.copytree(tiny_catalogue / "Group1" / "Item-3", tmp_path / "Item-3")
     code = ("from edge_runtime.cli import main; rc = main(); "
             "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(rc)")
-    r = run_cli("enroll", str(tmp_path / "store"), str(extra), "--item-id", "Group1/Item-3",
-                "--no-progress", code=code)
+    r = run_cli("enroll", str(tmp_path / "store"), str(extra), "--item-id", "Local/Item-3",
+                "--name", "Local special", "--no-progress", code=code)
     assert r.returncode == 0, r.stderr
+    assert "release 1 unchanged" in r.stdout and "1 items, 3 photos" in r.stdout
     assert r.stdout.strip().endswith("no torch")  # the device's enrolment is torch-free
-    now = store.current_path()
-    assert now != first and verify_bundle(now).bundle_version == 2
-    assert verify_bundle(first).bundle_version == 1  # releases are never modified
+    assert store.current_path() == first and verify_bundle(first).bundle_version == 1
+    assert store.release_names() == [first.name]
+    assert (tmp_path / "store" / "overlay" / "overlay.json").is_file()
     r = run_cli("match", str(tmp_path / "store"), str(next(extra.glob("*.jpg"))), "--json")
-    assert r.returncode == 0 and '"rank": 1' in r.stdout
+    assert r.returncode == 0, r.stderr
+    found = {m["item_id"]: m for m in json.loads(r.stdout)["matches"]}
+    assert found["Local/Item-3"]["score"] > 0.999 and found["Local/Item-3"]["name"] == "Local special"
+    r = run_cli("enroll", str(tmp_path / "store"), "--clear-overlay")
+    assert r.returncode == 0 and "removed" in r.stdout
+    assert not (tmp_path / "store" / "overlay").exists()

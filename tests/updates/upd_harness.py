@@ -17,6 +17,7 @@ from edge_runtime.config import MqttConfig
 from edge_runtime.decision import Decider, DecisionParams
 from edge_runtime.matcher import Matcher
 from edge_runtime.mqtt import KioskMqtt
+from edge_runtime.overlay import find_overlay
 from edge_runtime.pipeline import Pipeline, PipelineOptions
 from edge_runtime.sources import CaptureSource, ImageFolderCapture
 from edge_runtime.update.config import UpdateConfig
@@ -73,7 +74,8 @@ class KioskUnderTest:
                                 **update)
         self.mqtt = KioskMqtt(MqttConfig(host="127.0.0.1", port=broker.port), kiosk_id)
         assert self.mqtt.start(wait_s=10)
-        self.first_matcher = Matcher.open(store.current_path())
+        self.first_matcher = Matcher.open(store.current_path(),
+                                          overlay_dir=find_overlay(store.current_path()))
         self.source = None
         if frames is not None:
             self.source = CaptureSource(lambda: ImageFolderCapture(frames, 30.0), live=False,
