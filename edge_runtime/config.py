@@ -119,8 +119,8 @@ class MqttConfig(_Section):
                                "default: outbox-{kiosk.id}.sqlite in the state directory "
                                "($STATE_DIRECTORY, else ~/.local/state/kiosk)")
     outbox_sync: Literal["full", "normal"] = Field(
-        "full", description="full: fsync each message (survives power loss); normal: survives "
-        "a crash of the process only")
+        "full", description="full: each message is fsynced before it is sent (survives a power "
+        "cut); normal: survives a crash of the process only")
     queue_max: int = Field(1000, ge=1, le=1_000_000, description="outbox bound in messages (oldest dropped)")
     queue_max_bytes: int = Field(16 << 20, ge=1 << 16, le=1 << 34,
                                  description="outbox bound in payload bytes (oldest dropped)")

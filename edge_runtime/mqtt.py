@@ -334,6 +334,8 @@ class KioskMqtt:
             self._busy = True
         stored = isinstance(msg, OutMsg)
         retain = getattr(msg, "retain", False)
+        if stored:
+            self.outbox.sync()   # on disk before it leaves the kiosk
         try:
             try:
                 info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=retain)

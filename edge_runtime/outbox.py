@@ -7,11 +7,14 @@ removes it only when the broker's PUBACK arrives; after a crash or a restart
 what is left is sent again, byte for byte (same ``event_id``: subscribers
 de-duplicate on it).
 
-``SqliteOutbox`` is one SQLite file in WAL mode. With ``sync = "full"`` (the
-default) each message is fsynced before ``put`` returns, so it survives a
-power cut: 0.3 ms a message on the development VM's disk, more on an SD
-card (bench/outbox.py measures it); ``"normal"`` fsyncs only at checkpoints
-(safe against a crash of the process, not of the machine). The queue is
+``SqliteOutbox`` is one SQLite file in WAL mode. ``put`` commits without an
+fsync (SQLite's ``synchronous=NORMAL``: the message survives a crash of the
+process as soon as ``put`` returns, at a few tens of microseconds, so the
+frame loop that calls it never waits for the disk). With ``sync = "full"``
+(the default) the publisher then fsyncs the WAL before it sends anything
+new, so every message is on disk, power cut included, before it leaves the
+kiosk; ``"normal"`` leaves that to SQLite's checkpoints (a power cut can
+lose the last messages). bench/outbox.py measures both. The queue is
 bounded by count and by bytes; when full the oldest message is dropped and
 counted. A file SQLite cannot read is moved aside (``.corrupt-TIME``) and a
 new one started; a write that fails (disk full) keeps the message in memory
@@ -71,6 +74,8 @@ class Outbox(Protocol):
 
     def put(self, topic: str, payload: bytes, qos: int) -> None: ...
 
+    def sync(self) -> None: ...
+
     def head(self) -> OutMsg | None: ...
 
     def remove(self, msg_id: int) -> None: ...
@@ -103,6 +108,9 @@ class MemoryOutbox:
                 self._bytes -= len(self._q.popleft().payload)
                 self.dropped += 1
 
+    def sync(self) -> None:
+        pass
+
     def head(self) -> OutMsg | None:
         with self._lock:
             return self._q[0] if self._q else None
@@ -134,10 +142,13 @@ class SqliteOutbox:
         self.max_messages, self.max_bytes = max_messages, max_bytes
         self._lock = threading.Lock()
         self.dropped = 0
+        self._full = sync == "full"
+        self._unsynced = False
+        self._wal_fd: int | None = None
         self._spill = MemoryOutbox(max_messages, max_bytes)   # when the disk refuses a write
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = self._open(sync)
+            self._db = self._open()
         except sqlite3.DatabaseError as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             log.error("outbox %s is unreadable (%s); moved to %s, starting a new one",
@@ -145,7 +156,7 @@ class SqliteOutbox:
             os.replace(self.path, aside)
             for suffix in ("-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-            self._db = self._open(sync)
+            self._db = self._open()
         except OSError as exc:
             raise ConfigError(f"mqtt.outbox: cannot create {self.path} ({exc.strerror})") from None
         self._count, self._bytes = self._db.execute(
@@ -155,13 +166,13 @@ class SqliteOutbox:
             log.warning("outbox %s: %d message(s) from an earlier run will be sent first",
                         self.path, self._count)
 
-    def _open(self, sync: str) -> sqlite3.Connection:
+    def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
                              timeout=10)
         try:
             if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
                 raise sqlite3.DatabaseError("WAL journal mode refused")
-            db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+            db.execute("PRAGMA synchronous=NORMAL")   # fsync: see sync()
             db.executescript(_SCHEMA)
         except BaseException:
             db.close()
@@ -205,6 +216,22 @@ class SqliteOutbox:
             raise
         self._count, self._bytes = count, size
         self.dropped += dropped
+        self._unsynced = True
+
+    def sync(self) -> None:
+        """With sync = "full": make every message stored so far durable
+        (fsync of the WAL, where committed transactions live until a
+        checkpoint). Called by the publisher before it sends."""
+        if not (self._full and self._unsynced):
+            return
+        with self._lock:
+            self._unsynced = False
+            try:
+                if self._wal_fd is None:
+                    self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+                os.fsync(self._wal_fd)
+            except OSError as exc:
+                log.error("outbox %s: fsync failed (%s)", self.path, exc)
 
     def head(self) -> OutMsg | None:
         spilled = self._spill.head()
@@ -235,6 +262,9 @@ class SqliteOutbox:
 
     def close(self) -> None:
         with self._lock:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
             self._db.close()
 
 
