@@ -35,6 +35,25 @@ def test_update_in_fresh_interpreter_imports_no_torch_and_unpickles_nothing(brok
     assert not [m for m in report["modules"] if m == "torch" or m.startswith("torch.")]
 
 
+def test_a_new_release_is_verified_in_another_process(broker, tmp_path, site):
+    """Before: the kiosk's own process hashed every file and parsed items.json
+    beside the camera loop, holding the GIL for tens of milliseconds (frame
+    waits of 41-85 ms against 33 ms). Here those functions raise inside the
+    kiosk's process once its first bundle is open, and the update succeeds."""
+    root = tmp_path / "store"
+    BundleStore(root).init_from(site.root / "v1")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)]),
+           "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(Path(__file__).parent / "upd_isolation_child.py"),
+                          str(broker.port), str(root), str(site.keys.pub), site.url("v2"),
+                          site.sig("v2"), "trap-verify"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["last_update"]["state"] == "active", report["last_update"]
+    assert report["active"] == 2 and report["pickle_calls"] == []
+
+
 def test_update_modules_never_unpickle():
     bad = re.compile(r"^\s*import torch|^\s*from torch|pickle\.loads?\(|allow_pickle\s*=\s*True|"
                      r"torch\.load|joblib", re.M)

@@ -1,5 +1,8 @@
 """Run one real update in a fresh interpreter with pickle booby-trapped, then
-report what was imported. Used by test_upd_isolation.py."""
+report what was imported. With a 6th argument ``trap-verify``, the full
+verification of a bundle (hashing every file, parsing items.json) is also
+booby-trapped once the first bundle is open: an update must then do that
+work in another process. Used by test_upd_isolation.py."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ sys.addaudithook(lambda event, args: CALLS.append(event) if event.startswith("pi
 
 def main() -> None:
     port, store_root, pub, url, sig = sys.argv[1:6]
+    trap_verify = sys.argv[6:] == ["trap-verify"]
     from edge_runtime.config import MqttConfig
     from edge_runtime.decision import Decider, DecisionParams
     from edge_runtime.matcher import Matcher
@@ -40,6 +44,15 @@ def main() -> None:
     mqtt.start(wait_s=10)
     pipeline = Pipeline(None, Matcher.open(resolve_bundle(store_root)), Decider(DecisionParams()),
                         mqtt, PipelineOptions(kiosk_id="iso", camera_id="cam0"))
+    if trap_verify:   # from here on, full verification in this process is an error
+        import edge_runtime.matcher
+        import edge_runtime.update.store
+        import models.bundle
+
+        for module in (models.bundle, edge_runtime.matcher, edge_runtime.update.store):
+            for name in ("verify_bundle_items", "verify_bundle", "load_items", "sha256_file"):
+                if hasattr(module, name):
+                    setattr(module, name, _trap(name))
     cfg = UpdateConfig(enabled=True, store_dir=store_root, trusted_keys=[pub],
                        mirrors=[url.rsplit("/", 2)[0] + "/"])
     updater = Updater(store, mqtt, pipeline, cfg, "0.1.0")
