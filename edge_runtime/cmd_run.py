@@ -15,6 +15,7 @@ with ``mqtt.outbox = "memory"``); 1: the source failed.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import threading
@@ -233,6 +234,7 @@ class Kiosk:
         reporter = threading.Thread(target=self._report,
                                     args=(mqtt, source, snapshot, done, notifier),
                                     name="metrics", daemon=True)
+        gc.freeze()   # what lives now lives for the run: out of the way of full collections
         source.start()
         reporter.start()
         log.info("kiosk %s running: source %s, bundle v%d (%s), backend %s", cfg.kiosk.id,
