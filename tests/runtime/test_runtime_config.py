@@ -65,6 +65,11 @@ def test_example_config_is_valid_and_documents_every_key():
     ('[sorce]\nuri = "0"\n', "sorce: unknown key"),
     ('[backend]\nkind = "cuda"\n', "backend.kind"),
     ('[update]\nenabled = true\n', "store_dir"),
+    ('[update]\nenabled = true\nstore_dir = "/s"\n', "update.mirrors is required"),
+    ('[update]\nmirrors = ["ftp://h/x/"]\n', "update.mirrors"),
+    ('[update]\nmirrors = ["https://u@h/x/"]\n', "user name"),
+    ('[mqtt]\nreconnect_max_s = 60\n', "mqtt.reconnect_max_s"),
+    ('[mqtt]\noutbox_sync = "sometimes"\n', "mqtt.outbox_sync"),
     ('[mqtt]\ncert_file = "/c.pem"\n', "cert_file and key_file"),
 ])
 def test_bad_config_names_the_key(tmp_path, toml, key):
