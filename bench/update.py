@@ -65,7 +65,7 @@ def run_once(work: Path, site: Path, base: str, pub: Path, frames: Path, version
         return out
 
     kiosk.pipeline.process = timed
-    op = Operator(broker)
+    op = Operator(broker, topics=("kiosk/+/update/status",))  # a kiosk hosts no subscriber
     try:
         time.sleep(1.5)  # steady state
         cmd = make_update_command(f"{base}v{version}/manifest.json",

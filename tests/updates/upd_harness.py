@@ -109,9 +109,10 @@ class KioskUnderTest:
 class Operator:
     """Sends commands like `deploy push` does and collects the kiosks' answers."""
 
-    def __init__(self, broker) -> None:
-        self.collector = Collector(broker.port, ["kiosk/+/update/status", "kiosk/+/match",
-                                                 "kiosk/+/cmd/#", "kiosk/+/status"])
+    def __init__(self, broker, topics: tuple[str, ...] = ("kiosk/+/update/status", "kiosk/+/match",
+                                                          "kiosk/+/cmd/#", "kiosk/+/status")
+                 ) -> None:
+        self.collector = Collector(broker.port, list(topics))
 
     def send(self, kiosk: str, name: str, payload: dict | bytes) -> None:
         raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
