@@ -36,7 +36,7 @@ from models.network import AutoEncoder
 from trainer import checkpoint as ck
 from trainer.data import cache_scale_for, load_image_set, split_val
 from trainer.ddp import Dist, setup, teardown
-from trainer.distort import DEFAULT_MIN_AREA, check_min_area
+from trainer.distort import DEFAULT_KIOSK, DEFAULT_MIN_AREA, check_min_area, check_share
 from trainer.loop import LoopConfig, Trainer, TrainHooks
 from trainer.losses import OBJECTIVES
 
@@ -129,6 +129,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cutmix", type=float,
                    help="share of batches mixed by CutMix (a box of another photo pasted in, labels "
                         f"weighted by area); default {DEFAULT_CUTMIX} with the classifier term, 0 without")
+    p.add_argument("--kiosk-views", type=float, default=DEFAULT_KIOSK,
+                   help="share of views that show the product held up in front of a generated counter, "
+                        f"tilted and with counter around it, as the kiosk crops it (default {DEFAULT_KIOSK})")
     p.add_argument("--min-crop-area", type=float, default=DEFAULT_MIN_AREA,
                    help="smallest random crop as a share of the photo (zoom range of the views)")
     p.add_argument("--early-size", type=int, metavar="PX",
@@ -168,8 +171,9 @@ def _check_args(a: argparse.Namespace) -> None:
     if bad:
         raise ConfigError(f"{bad[0][0]} must be positive, got {bad[0][1]}")
     check_min_area(a.min_crop_area)
-    if a.cutmix is not None and not 0 <= a.cutmix <= 1:
-        raise ConfigError(f"--cutmix must be in [0, 1], got {a.cutmix}")
+    if a.cutmix is not None:
+        check_share("--cutmix", a.cutmix)
+    check_share("--kiosk-views", a.kiosk_views)
     smallest = _smallest_side(a)
     if a.early_size and not smallest <= a.early_size < a.size:
         raise ConfigError(f"--early-size must be 0 (off) or from {smallest} to --size - 1 ({a.size - 1}), "
@@ -232,7 +236,7 @@ def _loop_config(a: argparse.Namespace) -> LoopConfig:
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         w_recon=wr if a.w_recon is None else a.w_recon, w_metric=w_metric,
         w_inv=wi if a.w_inv is None else a.w_inv, scale=a.scale, margin=a.margin, strength=a.strength,
-        min_area=a.min_crop_area, cutmix=cutmix, early_size=early, early_until=a.early_until,
+        min_area=a.min_crop_area, kiosk=a.kiosk_views, cutmix=cutmix, early_size=early, early_until=a.early_until,
         backbone_lr=a.backbone_lr, freeze=a.freeze, drop_path=a.drop_path, precision=a.precision, epochs=epochs, minutes=a.minutes, seed=a.seed, val_every_s=a.val_every,
         save_every_s=a.save_every, log_every_s=a.log_every, progress=not a.no_progress)
 

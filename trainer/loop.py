@@ -54,6 +54,7 @@ class LoopConfig:
     strength: float = 1.0
     precision: str = "auto"
     min_area: float = DEFAULT_MIN_AREA
+    kiosk: float = 0.0  # share of views held up in front of a generated counter
     cutmix: float = 0.0
     early_size: int = 0  # progressive resizing: views this many px (0 = off) ...
     early_until: float = 0.0  # ... until this share of the run, then the input size
@@ -225,12 +226,15 @@ class Trainer:
 
     def _views(self, step: int, idx: np.ndarray) -> Batch:
         size, s, seed, area = self.view_size(step), self.cfg.strength, self.cfg.seed, self.cfg.min_area
-        two = self.module.two_views()
+        two, kiosk = self.module.two_views(), self.cfg.kiosk
         imgs = self.data.images[self.train_idx[idx]]
-        v1 = np.stack([distort(im, size, np.random.default_rng([seed, step, self.d.rank, i, 1]), s, area)
-                       for i, im in enumerate(imgs)])
-        v2 = np.stack([distort(im, size, np.random.default_rng([seed, step, self.d.rank, i, 2]), s, area)
-                       for i, im in enumerate(imgs)]) if two else None
+
+        def views(k: int) -> np.ndarray:
+            return np.stack([distort(im, size, np.random.default_rng([seed, step, self.d.rank, i, k]), s, area,
+                                     kiosk) for i, im in enumerate(imgs)])
+
+        v1 = views(1)
+        v2 = views(2) if two else None
         clean = np.stack([clean_view(im, size) for im in imgs])
         labels_np = self.data.labels[self.train_idx[idx]]
         labels_b, lam = None, 1.0
