@@ -165,12 +165,19 @@ class Lite0(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu6(self._bn1(self._conv_head(x))) if self.cut == "head" else x
 
+    def frozen_part(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem and frozen blocks' output, without gradients (trainer.pool caches it)."""
+        with torch.no_grad():
+            return self.run_blocks(self.stem(x), 0, self.frozen or 0)
+
+    def after_frozen(self, h: torch.Tensor) -> torch.Tensor:
+        """The rest of the backbone from ``frozen_part``'s output."""
+        return self.head(self.run_blocks(h, self.frozen or 0))
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.frozen is None:
             return self.head(self.run_blocks(self.stem(x)))
-        with torch.no_grad():
-            x = self.run_blocks(self.stem(x), 0, self.frozen)
-        return self.head(self.run_blocks(x, self.frozen))
+        return self.after_frozen(self.frozen_part(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fc is None:

@@ -48,11 +48,12 @@ DEFAULT_BACKBONE = "lite0"
 # Per-backbone defaults of the flags left unset (see bench/results/ for the runs behind them).
 BACKBONE_DEFAULTS: dict[str, dict[str, float | int | str]] = {
     "lite0": {"size": LITE0_INPUT.size, "lr": 2e-3, "backbone_lr": 0.1, "freeze": 2, "drop_path": 0.0,
-              "cut": "head"},
-    "scratch": {"size": SCRATCH_INPUT.size, "lr": 2e-3, "backbone_lr": 1.0, "freeze": 0, "drop_path": 0.0},
+              "cut": "head", "cache_views": 0, "early_size": 0},
+    "scratch": {"size": SCRATCH_INPUT.size, "lr": 2e-3, "backbone_lr": 1.0, "freeze": 0, "drop_path": 0.0,
+                "cache_views": 0},
 }
 _SCRATCH_FLAGS = ("width", "depth", "blocks", "stem_stride", "head_channels", "colour_bins")
-_LITE0_FLAGS = ("cut", "freeze", "backbone_lr", "drop_path")
+_LITE0_FLAGS = ("cut", "freeze", "backbone_lr", "drop_path", "cache_views")
 # CutMix on half the batches: on the grocery benchmark (15-minute runs, bf16,
 # 96 px) top-1 0.618 against 0.537 without; it breaks the shortcut of
 # recognising a photo session by its whole-frame context. Only with the
@@ -116,6 +117,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freeze", type=int, metavar="STAGES",
                    help="lite0: keep the stem and the first STAGES of its 7 stages at their ImageNet "
                         f"weights, no backward pass through them (default {BACKBONE_DEFAULTS['lite0']['freeze']})")
+    p.add_argument("--cache-views", type=int, metavar="N",
+                   help="lite0: before training, make N distorted views of every photo and keep the frozen "
+                        "stages' output for them; training then runs only the stages it trains (0 = new views "
+                        f"every step; default {BACKBONE_DEFAULTS['lite0']['cache_views']})")
     p.add_argument("--drop-path", type=float,
                    help="lite0: stochastic depth rate of the last block (default "
                         f"{BACKBONE_DEFAULTS['lite0']['drop_path']})")
@@ -136,8 +141,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="smallest random crop as a share of the photo (zoom range of the views)")
     p.add_argument("--early-size", type=int, metavar="PX",
                    help="progressive resizing: train on views of PX pixels (smaller than --size, so faster) "
-                        "for the first --early-until share of the run, then at --size; default 2/3 of --size "
-                        "rounded down to a multiple of 8 (64 for 96), 0 = off")
+                        "for the first --early-until share of the run, then at --size; default: scratch 2/3 of "
+                        "--size rounded down to a multiple of 8 (64 for 96), lite0 0 = off")
     p.add_argument("--early-until", type=float, default=DEFAULT_EARLY_UNTIL,
                    help="share of the run (time or epochs) trained at --early-size")
     p.add_argument("--val-fraction", type=float, default=0.05,
@@ -186,6 +191,11 @@ def _check_args(a: argparse.Namespace) -> None:
         raise ConfigError(f"--freeze must be from 0 to 7 stages, got {a.freeze}")
     if not 0 <= a.drop_path < 1:
         raise ConfigError(f"--drop-path must be in [0, 1), got {a.drop_path}")
+    if a.cache_views < 0 or a.cache_views > 64:
+        raise ConfigError(f"--cache-views must be from 0 to 64, got {a.cache_views}")
+    if a.cache_views and (not a.freeze or a.early_size):
+        raise ConfigError("--cache-views needs --freeze 1 or more and --early-size 0 (the pool keeps the frozen "
+                          "stages' output at one view size)")
     if a.backbone_lr < 0:
         raise ConfigError(f"--backbone-lr must be >= 0, got {a.backbone_lr}")
     for n in ("w_recon", "w_metric", "w_inv"):
@@ -237,7 +247,8 @@ def _loop_config(a: argparse.Namespace) -> LoopConfig:
         w_recon=wr if a.w_recon is None else a.w_recon, w_metric=w_metric,
         w_inv=wi if a.w_inv is None else a.w_inv, scale=a.scale, margin=a.margin, strength=a.strength,
         min_area=a.min_crop_area, kiosk=a.kiosk_views, cutmix=cutmix, early_size=early, early_until=a.early_until,
-        backbone_lr=a.backbone_lr, freeze=a.freeze, drop_path=a.drop_path, precision=a.precision, epochs=epochs, minutes=a.minutes, seed=a.seed, val_every_s=a.val_every,
+        backbone_lr=a.backbone_lr, freeze=a.freeze, drop_path=a.drop_path, cache_views=a.cache_views,
+        precision=a.precision, epochs=epochs, minutes=a.minutes, seed=a.seed, val_every_s=a.val_every,
         save_every_s=a.save_every, log_every_s=a.log_every, progress=not a.no_progress)
 
 
