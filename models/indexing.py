@@ -78,6 +78,7 @@ class ExportInfo(BaseModel):
     encoder_sha256: str
     backbone: Literal["lite0", "scratch"] = "scratch"
     pretrained: str | None = None
+    precision: Literal["fp32", "int8"] = "fp32"
     parity: dict[str, float | int | str] = {}
     created: str = ""
 
@@ -217,7 +218,7 @@ def write_bundle(stage: Path, source_dir: Path, info: ExportInfo, vec: _Vectors,
         bundle_version=bundle_version, created=utc_now_iso(), embedding_size=info.embedding_size,
         input=info.input, item_count=len(item_list),
         encoder=EncoderInfo(sha256=enc_sha, opset=info.opset, run_id=info.run_id, backbone=info.backbone,
-                            pretrained=info.pretrained),
+                            pretrained=info.pretrained, precision=info.precision),
         index=IndexInfo(sha256=arts[1].sha256, dim=info.embedding_size, n_vectors=len(emb),
                         n_trees=params.n_trees, search_k=params.search_k, encoder_sha256=enc_sha),
         search=SearchDefaults(threshold=params.threshold, mode=params.mode,
@@ -386,7 +387,7 @@ def enroll(bundle_dir: Path, folders: Sequence[Path], encoder, item_id: str | No
             known.add(e.item_id)
     info = ExportInfo(run_id=m.encoder.run_id, embedding_size=m.embedding_size, input=m.input,
                       opset=m.encoder.opset, encoder_sha256=m.encoder.sha256, backbone=m.encoder.backbone,
-                      pretrained=m.encoder.pretrained)
+                      pretrained=m.encoder.pretrained, precision=m.encoder.precision)
     params = IndexParams(n_trees=m.index.n_trees, search_k=m.index.search_k,
                          threshold=m.search.threshold, mode=m.search.mode,
                          exact_below=m.search.exact_below)

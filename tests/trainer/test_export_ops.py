@@ -52,6 +52,8 @@ def _check_trt_parsable(path) -> None:
     ops = {n.op_type for n in model.graph.node}
     assert ops <= TRT_OPS, ops - TRT_OPS
     consts = _constant_names(model)
+    # explicit quantization: weights may come through a DequantizeLinear of an initialiser
+    consts |= {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in consts}
     for n in model.graph.node:
         if n.op_type == "Clip":
             assert all(i in consts for i in n.input[1:] if i), f"Clip {n.name} has non-constant bounds"
@@ -92,3 +94,23 @@ def test_lite0_export_parity_and_provenance(lite0_export, tiny_catalogue):
     assert read_manifest(bundle) == m
     assert m.encoder.backbone == "lite0" and m.encoder.pretrained == origin
     assert m.input.mean == pytest.approx((127 / 255,) * 3) and np.isclose(m.input.std[0], 128 / 255)
+
+
+def test_int8_export_is_a_trt_parsable_qdq_graph_close_to_pytorch(lite0_export, tiny_catalogue, tmp_path):
+    from onnx import numpy_helper
+
+    from trainer.export import export_run
+
+    run = lite0_export[0].parent / "run"
+    info = export_run(run, tmp_path / "int8", check_images=tiny_catalogue, int8=True)
+    path = tmp_path / "int8" / "encoder.onnx"
+    _check_trt_parsable(path)
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 40 and ops.count("Conv") == 49
+    zero_points = [numpy_helper.to_array(t) for t in model.graph.initializer if "zero_point" in t.name]
+    assert zero_points and all((z == 0).all() for z in zero_points)  # symmetric: TensorRT's rule
+    assert info.precision == "int8" and info.parity["min_cosine"] >= 0.97
+    assert "real images" in info.parity["calibration"]
+    assert path.stat().st_size < 0.4 * (lite0_export[0] / "encoder.onnx").stat().st_size
+    assert {p.key: p.value for p in model.metadata_props}["kiosk.precision"] == "int8"
