@@ -33,13 +33,13 @@ def run(args: argparse.Namespace) -> int:
     device, why = probe_device()
     if device is None:
         raise KioskError(f"cannot build a TensorRT engine here: {why}")
-    engine, _ = engine_paths(bundle, EngineKey.for_device(manifest.encoder.sha256, device,
-                                                          args.precision))
+    from edge_runtime.encoders.engine_build import build_engine, engine_precision
+
+    precision = engine_precision(manifest, args.precision)
+    engine, _ = engine_paths(bundle, EngineKey.for_device(manifest.encoder.sha256, device, precision))
     if engine.is_file() and not args.rebuild:
         print(f"{engine} already exists (use --rebuild to build again)")
         return 0
-    from edge_runtime.encoders.engine_build import build_engine
-
-    path = build_engine(bundle, manifest, device, args.precision, args.max_batch, args.workspace_mb)
+    path = build_engine(bundle, manifest, device, precision, args.max_batch, args.workspace_mb)
     print(path)
     return 0

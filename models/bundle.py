@@ -120,6 +120,11 @@ class EncoderInfo(_Strict):
     run_id: str = Field(max_length=128)
     input_name: str = Field("input", max_length=128)
     output_name: str = Field("embedding", max_length=128)
+    backbone: Literal["lite0", "scratch"] = Field("scratch", description="the encoder's network")
+    pretrained: str | None = Field(None, max_length=512, description=(
+        "where the backbone's starting weights came from (package, file, sha256); None: random"))
+    precision: Literal["fp32", "int8"] = Field("fp32", description=(
+        "int8: a quantized (QDQ) graph; TensorRT builds it as explicit INT8, no calibration"))
 
     _sha = field_validator("sha256")(classmethod(lambda cls, v: _check_sha(v)))
 

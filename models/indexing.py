@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,6 +77,9 @@ class ExportInfo(BaseModel):
     input: PreprocessSpec
     opset: int
     encoder_sha256: str
+    backbone: Literal["lite0", "scratch"] = "scratch"
+    pretrained: str | None = None
+    precision: Literal["fp32", "int8"] = "fp32"
     parity: dict[str, float | int | str] = {}
     created: str = ""
 
@@ -214,7 +218,8 @@ def write_bundle(stage: Path, source_dir: Path, info: ExportInfo, vec: _Vectors,
     m = Manifest(
         bundle_version=bundle_version, created=utc_now_iso(), embedding_size=info.embedding_size,
         input=info.input, item_count=len(item_list),
-        encoder=EncoderInfo(sha256=enc_sha, opset=info.opset, run_id=info.run_id),
+        encoder=EncoderInfo(sha256=enc_sha, opset=info.opset, run_id=info.run_id, backbone=info.backbone,
+                            pretrained=info.pretrained, precision=info.precision),
         index=IndexInfo(sha256=arts[1].sha256, dim=info.embedding_size, n_vectors=len(emb),
                         n_trees=params.n_trees, search_k=params.search_k, encoder_sha256=enc_sha),
         search=SearchDefaults(threshold=params.threshold, mode=params.mode,
@@ -390,7 +395,8 @@ def enroll(bundle_dir: Path, folders: Sequence[Path], encoder, item_id: str | No
             probes.append((data, e.item_id, n_old + k if exact else None))
             known.add(e.item_id)
     info = ExportInfo(run_id=m.encoder.run_id, embedding_size=m.embedding_size, input=m.input,
-                      opset=m.encoder.opset, encoder_sha256=m.encoder.sha256)
+                      opset=m.encoder.opset, encoder_sha256=m.encoder.sha256, backbone=m.encoder.backbone,
+                      pretrained=m.encoder.pretrained, precision=m.encoder.precision)
     params = IndexParams(n_trees=m.index.n_trees, search_k=m.index.search_k,
                          threshold=m.search.threshold, mode=m.search.mode,
                          exact_below=m.search.exact_below)

@@ -19,12 +19,14 @@ import cv2
 import numpy as np
 
 from models.errors import ConfigError
+from trainer.kiosk_views import place_on_counter
 
 __all__ = ["distort", "distort_seeded", "clean_view", "cutmix_box", "paste_box", "DEFAULT_STRENGTH",
-           "DEFAULT_MIN_AREA", "check_min_area"]
+           "DEFAULT_MIN_AREA", "DEFAULT_KIOSK", "check_min_area", "check_share"]
 
 DEFAULT_STRENGTH = 1.0
 DEFAULT_MIN_AREA = 0.45  # smallest crop, as a share of the photo, at strength 1
+DEFAULT_KIOSK = 0.5  # share of views held up in front of a generated counter (trainer.kiosk_views)
 _SKIN = np.array([[224, 172, 140], [198, 134, 100], [141, 85, 60], [255, 205, 170]], dtype=np.float32)
 
 
@@ -33,6 +35,13 @@ def check_min_area(min_area: float) -> float:
     if not 0.05 <= min_area <= 1:
         raise ConfigError(f"--min-crop-area must be in [0.05, 1], got {min_area}")
     return min_area
+
+
+def check_share(flag: str, value: float) -> float:
+    """A flag's share in [0, 1], or a ConfigError naming it."""
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{flag} must be in [0, 1], got {value}")
+    return value
 
 
 def clean_view(img: np.ndarray, size: int) -> np.ndarray:
@@ -150,12 +159,18 @@ def _jpeg(x: np.ndarray, rng: np.random.Generator, s: float) -> np.ndarray:
 
 
 def distort(img: np.ndarray, size: int, rng: np.random.Generator,
-            strength: float = DEFAULT_STRENGTH, min_area: float = DEFAULT_MIN_AREA) -> np.ndarray:
-    """One camera-like view of ``img`` (HxWx3 uint8, any channel order) at ``size`` x ``size``."""
+            strength: float = DEFAULT_STRENGTH, min_area: float = DEFAULT_MIN_AREA,
+            kiosk: float = 0.0) -> np.ndarray:
+    """One camera-like view of ``img`` (HxWx3 uint8, any channel order) at ``size`` x ``size``;
+    with probability ``kiosk`` the product is held up in front of a counter
+    (trainer.kiosk_views), else the view is cut from the photo."""
     s = float(strength)
     if s <= 0:
         return clean_view(img, size)
-    x = _warp(img, size, rng, s, min_area).astype(np.float32)
+    if kiosk > 0 and rng.random() < kiosk:
+        x = place_on_counter(img, size, rng, s, min_area)
+    else:
+        x = _warp(img, size, rng, s, min_area).astype(np.float32)
     x = _lighting(x, rng, s)
     if rng.random() < min(0.5 * s, 0.9):
         x = _blur(x, rng, s)
@@ -169,10 +184,11 @@ def distort(img: np.ndarray, size: int, rng: np.random.Generator,
 
 
 def distort_seeded(img: np.ndarray, size: int, seed: int | tuple[int, ...],
-                   strength: float = DEFAULT_STRENGTH, min_area: float = DEFAULT_MIN_AREA) -> np.ndarray:
+                   strength: float = DEFAULT_STRENGTH, min_area: float = DEFAULT_MIN_AREA,
+                   kiosk: float = 0.0) -> np.ndarray:
     """``distort`` with a fresh generator: same seed + image -> same view."""
     key = list(seed) if isinstance(seed, tuple) else [int(seed)]
-    return distort(img, size, np.random.default_rng(key), strength, min_area)
+    return distort(img, size, np.random.default_rng(key), strength, min_area, kiosk)
 
 
 def cutmix_box(size: int, rng: np.random.Generator) -> tuple[int, int, int, int, float]:

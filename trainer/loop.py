@@ -20,18 +20,21 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from models.errors import ConfigError
+from models.lite0 import stage_blocks
 from models.network import AutoEncoder
 from trainer.data import ImageSet, batches
 from trainer.ddp import Dist
 from trainer.distort import DEFAULT_MIN_AREA, clean_view, cutmix_box, distort, paste_box
 from trainer.embed import _normalise, embed_uint8
 from trainer.losses import CosineMarginHead, cosine_margin_loss, invariance, reconstruction
+from trainer.pool import ViewPool, paste_box_t
 from trainer.retrieval_metrics import mean_average_precision, top_k_accuracy
 
 __all__ = ["LoopConfig", "Trainer", "lr_at", "autocast_dtype"]
@@ -53,9 +56,14 @@ class LoopConfig:
     strength: float = 1.0
     precision: str = "auto"
     min_area: float = DEFAULT_MIN_AREA
+    kiosk: float = 0.0  # share of views held up in front of a generated counter
     cutmix: float = 0.0
     early_size: int = 0  # progressive resizing: views this many px (0 = off) ...
     early_until: float = 0.0  # ... until this share of the run, then the input size
+    backbone_lr: float = 1.0  # pretrained backbone: its learning rate as a share of lr
+    freeze: int = 0  # pretrained backbone: stem and this many stages kept at their weights
+    drop_path: float = 0.0  # pretrained backbone: stochastic depth rate of its last block
+    cache_views: int = 0  # pretrained backbone: views per photo kept as the frozen stages' output (0: none)
     epochs: float | None = None
     minutes: float | None = None
     seed: int = 0
@@ -110,10 +118,13 @@ class TrainModule(nn.Module):
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor | None, clean: torch.Tensor,
                 labels: torch.Tensor, labels_b: torch.Tensor | None = None,
-                lam: float = 1.0) -> dict[str, torch.Tensor]:
+                lam: float = 1.0, cached: bool = False) -> dict[str, torch.Tensor]:
+        """Loss terms for views ``v1`` (and ``v2``): images, or with ``cached``
+        the frozen stages' output for them (trainer.pool)."""
         c = self.cfg
         x = v1 if v2 is None else torch.cat([v1, v2])
-        fmap = self.model.encoder.feature_map(x)
+        enc = self.model.encoder
+        fmap = enc.backbone.after_frozen(x) if cached else enc.feature_map(x)
         emb = nn.functional.normalize(self.model.encoder.embed(fmap).float(), dim=1)
         n = v1.shape[0]
         parts: dict[str, torch.Tensor] = {}
@@ -141,20 +152,27 @@ class Batch:
     labels: torch.Tensor
     labels_b: torch.Tensor | None = None  # CutMix partner's labels (None: batch not mixed)
     lam: float = 1.0  # share of each view left to its own photo
+    cached: bool = False  # v1/v2 are the frozen stages' output from the view pool
+
+
+def _with_end(items: Iterator[Any]) -> Iterator[Any]:
+    yield from items
+    yield None
 
 
 class Prefetcher:
-    """Makes batches on a background thread (OpenCV releases the GIL)."""
+    """Makes batches (or any items) on a background thread (OpenCV releases
+    the GIL); ``get`` returns None once a finite iterator is exhausted."""
 
-    def __init__(self, make: Iterator[Batch], depth: int = 3) -> None:
+    def __init__(self, make: Iterator[Any], depth: int = 3) -> None:
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, args=(make,), daemon=True)
         self._t.start()
 
-    def _run(self, make: Iterator[Batch]) -> None:
+    def _run(self, make: Iterator[Any]) -> None:
         try:
-            for b in make:
+            for b in _with_end(make):
                 while not self._stop.is_set():
                     try:
                         self._q.put(b, timeout=0.2)
@@ -166,7 +184,7 @@ class Prefetcher:
         except BaseException as exc:  # surfaced in the training thread
             self._q.put(exc)
 
-    def get(self) -> Batch:
+    def get(self) -> Any:
         item = self._q.get()
         if isinstance(item, BaseException):
             raise item
@@ -190,12 +208,13 @@ class Trainer:
         has_labels = bool((data.labels[train_idx] >= 0).any())
         head = CosineMarginHead(model.cfg.embedding_size, n_classes) if (
             cfg.w_metric > 0 and n_classes > 0 and has_labels) else None
+        _configure_backbone(model, cfg)
+        if cfg.cache_views and (not cfg.freeze or cfg.early_size):
+            raise ConfigError("--cache-views needs frozen stages (--freeze) and no progressive resizing "
+                              "(--early-size 0): the pool holds the frozen stages' output at one size")
+        self.pool: ViewPool | None = None
         self.module = TrainModule(model, head, cfg).to(d.device, memory_format=torch.channels_last)
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        self.opt = torch.optim.AdamW(_param_groups(self.module, cfg), lr=cfg.lr)
         self.autocast = autocast_dtype(d.device, cfg.precision)
         self.amp = self.autocast is torch.float16  # fp16 needs loss scaling; bf16 does not
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -222,14 +241,55 @@ class Trainer:
         elapsed = self.elapsed_before + (time.monotonic() - self._t0 if self._t0 is not None else 0.0)
         return c.early_size if self.progress(elapsed, step) < c.early_until else self.spec.size
 
+    def _view(self, img: np.ndarray, size: int, key: list[int]) -> np.ndarray:
+        c = self.cfg
+        return distort(img, size, np.random.default_rng(key), c.strength, c.min_area, c.kiosk)
+
+    def _pool_chunks(self, batch: int = 64) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(first photo, view, normalised views) for the view pool, photo by photo within each view."""
+        n, size, seed, rank = len(self.train_idx), self.spec.size, self.cfg.seed, self.d.rank
+        for v in range(self.cfg.cache_views):
+            for s in range(0, n, batch):
+                u8 = np.stack([self._view(self.data.images[self.train_idx[i]], size, [seed, rank, i, v, 5])
+                               for i in range(s, min(n, s + batch))])
+                yield s, v, _normalise(torch.from_numpy(u8), self.spec)
+
+    def _pool_views(self, step: int, idx: np.ndarray) -> Batch:
+        """Two pooled views of each photo; CutMix on the frozen stages' output
+        (the box on its grid, the clean target's box scaled to pixels)."""
+        assert self.pool is not None
+        seed, size = self.cfg.seed, self.spec.size
+        rng = np.random.default_rng([seed, step, self.d.rank, 4])
+        h1, h2 = self.pool.pair(idx, rng)
+        clean = _normalise(torch.from_numpy(np.stack(
+            [clean_view(self.data.images[self.train_idx[i]], size) for i in idx])), self.spec)
+        labels_np = self.data.labels[self.train_idx[idx]]
+        labels_b, lam = None, 1.0
+        if len(idx) > 1 and rng.random() < self.cfg.cutmix:
+            partner = torch.roll(torch.arange(len(idx)), 1)
+            grid = h1.shape[-1]
+            box = cutmix_box(grid, rng)
+            k = size // grid
+            h1, h2 = paste_box_t(h1, partner, box), paste_box_t(h2, partner, box)
+            clean = paste_box_t(clean, partner, (box[0] * k, box[1] * k, box[2] * k, box[3] * k, box[4]))
+            labels_b, lam = torch.from_numpy(labels_np[partner.numpy()]), box[4]
+        two = self.module.two_views()
+        return Batch(step, 0, h1.contiguous(memory_format=torch.channels_last),
+                     h2.contiguous(memory_format=torch.channels_last) if two else None, clean,
+                     torch.from_numpy(labels_np), labels_b, lam, cached=True)
+
     def _views(self, step: int, idx: np.ndarray) -> Batch:
-        size, s, seed, area = self.view_size(step), self.cfg.strength, self.cfg.seed, self.cfg.min_area
+        if self.pool is not None:
+            return self._pool_views(step, idx)
+        size, seed = self.view_size(step), self.cfg.seed
         two = self.module.two_views()
         imgs = self.data.images[self.train_idx[idx]]
-        v1 = np.stack([distort(im, size, np.random.default_rng([seed, step, self.d.rank, i, 1]), s, area)
-                       for i, im in enumerate(imgs)])
-        v2 = np.stack([distort(im, size, np.random.default_rng([seed, step, self.d.rank, i, 2]), s, area)
-                       for i, im in enumerate(imgs)]) if two else None
+
+        def views(k: int) -> np.ndarray:
+            return np.stack([self._view(im, size, [seed, step, self.d.rank, i, k]) for i, im in enumerate(imgs)])
+
+        v1 = views(1)
+        v2 = views(2) if two else None
         clean = np.stack([clean_view(im, size) for im in imgs])
         labels_np = self.data.labels[self.train_idx[idx]]
         labels_b, lam = None, 1.0
@@ -267,11 +327,13 @@ class Trainer:
     # -- validation -------------------------------------------------------
     def validate(self) -> dict[str, float] | None:
         """Held-out photos against the training photos (clean views): top-1 by
-        item and mean average precision."""
+        item and mean average precision. The gallery is at most
+        ``VAL_GALLERY_PER_ITEM`` evenly spaced photos of each item: encoding
+        every training photo cost a quarter of a Lite0 run's time."""
         if len(self.val_idx) == 0 or not self.d.main:
             return None
         size = self.spec.size
-        lab_train = self.train_idx[self.data.labels[self.train_idx] >= 0]
+        lab_train = _gallery(self.train_idx, self.data.labels, VAL_GALLERY_PER_ITEM)
         if len(lab_train) == 0:
             return None
         enc = self.model.encoder
@@ -299,6 +361,14 @@ class Trainer:
         t0 = self._t0 = time.monotonic()
         last_val = last_save = last_log = t0
         seen, t_rate, sums, n_sums = 0, t0, {}, 0
+        if c.cache_views and self.pool is None:
+            chunks = Prefetcher(self._pool_chunks())
+            try:
+                self.pool = ViewPool.build(self.model.encoder.backbone, iter(chunks.get, None),
+                                           len(self.train_idx), c.cache_views, self.d.device, self.autocast)
+            finally:
+                chunks.close()
+            t_rate = time.monotonic()
         self.module.train()
         pre = Prefetcher(self._stream(self.step))
         try:
@@ -311,13 +381,14 @@ class Trainer:
                 self.epoch = b.epoch
                 lr = lr_at(p, c.lr, c.warmup)
                 for g in self.opt.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = lr * g["lr_scale"]
                 dev = self.d.device
                 with torch.autocast(dev.type, dtype=self.autocast or torch.float32,
                                     enabled=self.autocast is not None):
                     parts = self.ddp_module(b.v1.to(dev), None if b.v2 is None else b.v2.to(dev),
                                             b.clean.to(dev), b.labels.to(dev),
-                                            None if b.labels_b is None else b.labels_b.to(dev), b.lam)
+                                            None if b.labels_b is None else b.labels_b.to(dev), b.lam,
+                                            b.cached)
                 self.opt.zero_grad(set_to_none=True)
                 self.scaler.scale(parts["loss"]).backward()
                 self.scaler.step(self.opt)
@@ -347,6 +418,44 @@ class Trainer:
         hooks.validate(self)
         hooks.save(self, self.elapsed_before)
         return self.step
+
+
+VAL_GALLERY_PER_ITEM = 8
+
+
+def _gallery(train_idx: np.ndarray, labels: np.ndarray, per_item: int) -> np.ndarray:
+    """At most ``per_item`` evenly spaced labelled photos of each item."""
+    out = []
+    for c in np.unique(labels[train_idx][labels[train_idx] >= 0]):
+        ix = train_idx[labels[train_idx] == c]
+        out += ix[np.unique(np.linspace(0, len(ix) - 1, num=min(per_item, len(ix))).astype(int))].tolist()
+    return np.array(sorted(out), dtype=np.int64)
+
+
+def _configure_backbone(model: AutoEncoder, cfg: LoopConfig) -> None:
+    """Freezing and stochastic depth of a pretrained backbone (no-op for scratch)."""
+    backbone = getattr(model.encoder, "backbone", None)
+    if backbone is None:
+        if cfg.freeze or cfg.drop_path or cfg.backbone_lr != 1.0:
+            raise ConfigError("--freeze, --drop-path and --backbone-lr apply to a pretrained backbone only")
+        return
+    for i, b in enumerate(backbone._blocks):
+        b.drop_path = cfg.drop_path * i / max(1, len(backbone._blocks))
+    backbone.freeze(stage_blocks(cfg.freeze) if cfg.freeze > 0 else None)
+
+
+def _param_groups(module: nn.Module, cfg: LoopConfig) -> list[dict]:
+    """AdamW groups: weight decay on weights only (not biases or norms), and
+    the pretrained backbone at ``backbone_lr`` times the rate of the new parts."""
+    backbone = getattr(module.model.encoder, "backbone", None)
+    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    groups: dict[tuple[bool, bool], list] = {}
+    for p in module.parameters():
+        if p.requires_grad:
+            groups.setdefault((id(p) in in_backbone, p.ndim > 1), []).append(p)
+    return [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
+             "lr_scale": cfg.backbone_lr if pre else 1.0}
+            for (pre, decay), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))]
 
 
 class TrainHooks:

@@ -10,10 +10,17 @@ import numpy as np
 
 from models.catalogue import load_catalogue
 from models.errors import ConfigError
-from models.netconfig import NetConfig
+from models.netconfig import LITE0_INPUT
 from models.preprocess import PreprocessSpec
 from trainer.data import cache_scale_for, load_image_set
-from trainer.distort import DEFAULT_MIN_AREA, check_min_area, clean_view, distort_seeded
+from trainer.distort import (
+    DEFAULT_KIOSK,
+    DEFAULT_MIN_AREA,
+    check_min_area,
+    check_share,
+    clean_view,
+    distort_seeded,
+)
 from trainer.sheets import GREY, grid, write_png
 
 __all__ = ["add_arguments", "run", "preview_rows"]
@@ -28,15 +35,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--min-crop-area", type=float, default=DEFAULT_MIN_AREA,
                    help="smallest random crop as a share of the photo (as in trainer fit)")
-    p.add_argument("--size", type=int, default=NetConfig().input.size, help="view size in pixels")
+    p.add_argument("--kiosk-views", type=float, default=DEFAULT_KIOSK,
+                   help="share of views held up in front of a generated counter (as in trainer fit)")
+    p.add_argument("--size", type=int, default=LITE0_INPUT.size, help="view size in pixels")
 
 
 def preview_rows(images: np.ndarray, size: int, views: int, seed: int, strength: float,
-                 min_area: float = DEFAULT_MIN_AREA) -> list:
+                 min_area: float = DEFAULT_MIN_AREA, kiosk: float = DEFAULT_KIOSK) -> list:
     rows = []
     for i, img in enumerate(images):
         cells = [(clean_view(img, size), GREY, "original")]
-        cells += [(distort_seeded(img, size, (seed, i, v), strength, min_area), None, f"view {v + 1}")
+        cells += [(distort_seeded(img, size, (seed, i, v), strength, min_area, kiosk), None, f"view {v + 1}")
                   for v in range(views)]
         rows.append(cells)
     return rows
@@ -46,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.views < 1 or args.rows < 1:
         raise ConfigError("--views and --rows must be at least 1")
     check_min_area(args.min_crop_area)
+    check_share("--kiosk-views", args.kiosk_views)
     if not str(args.out).lower().endswith(".png"):
         raise ConfigError(f"--out {args.out}: must be a .png file")
     cat = load_catalogue(args.catalogue)
@@ -60,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
                 picked.append(by_item[k].pop(0))
     sub = type(cat)(cat.root, tuple(picked))
     data = load_image_set(sub, PreprocessSpec(size=args.size), scale=cache_scale_for(args.min_crop_area))
-    rows = preview_rows(data.images, args.size, args.views, args.seed, args.strength, args.min_crop_area)
+    rows = preview_rows(data.images, args.size, args.views, args.seed, args.strength, args.min_crop_area,
+                        args.kiosk_views)
     write_png(args.out, grid(rows, size=max(64, args.size)))
     print(args.out)
     return 0

@@ -27,7 +27,7 @@ from models.errors import KioskError
 from models.images import read_image
 from models.preprocess import preprocess_batch
 
-__all__ = ["calibration_images", "calibration_batches", "build_engine", "EngineBuildError"]
+__all__ = ["calibration_images", "calibration_batches", "build_engine", "EngineBuildError", "engine_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,16 @@ TIMING_CACHE = "timing.cache"
 
 class EngineBuildError(KioskError):
     """The engine could not be built (bad request, missing calibration data, parser errors)."""
+
+
+def engine_precision(manifest: Manifest, requested: str) -> str:
+    """The precision an engine for this bundle is built in: an INT8 (QDQ)
+    encoder carries its own scales, so TensorRT builds it as explicit INT8
+    whatever was asked; otherwise the request."""
+    if manifest.encoder.precision == "int8" and requested != "int8":
+        log.info("the encoder is quantized (INT8, QDQ): building an int8 engine, not %s", requested)
+        return "int8"
+    return requested
 
 
 def calibration_images(bundle_dir: Path) -> list[Path]:
@@ -118,7 +128,8 @@ def build_engine(bundle_dir: Path, manifest: Manifest, device: DeviceInfo, preci
     ctx = cuda.Device(0).retain_primary_context()   # the calibrator allocates device memory
     ctx.push()
     try:
-        return _build(bundle_dir, manifest, device, precision, max_batch, workspace_mb)
+        return _build(bundle_dir, manifest, device, engine_precision(manifest, precision), max_batch,
+                      workspace_mb)
     finally:
         ctx.pop()
         ctx.detach()
@@ -139,8 +150,9 @@ def _build(bundle_dir: Path, manifest: Manifest, device: DeviceInfo, precision: 
         probe.unlink()
     except OSError as exc:
         raise EngineBuildError(f"{cache_dir}: engine cache not writable ({exc.strerror})") from None
+    explicit = manifest.encoder.precision == "int8"  # QDQ graph: scales inside, no calibration
     calib = None
-    if precision == "int8":
+    if precision == "int8" and not explicit:
         calib = calibration_batches(calibration_images(bundle_dir), manifest, min(max_batch, 8))
 
     logger = trt.Logger(trt.Logger.INFO)
@@ -168,6 +180,7 @@ def _build(bundle_dir: Path, manifest: Manifest, device: DeviceInfo, precision: 
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
+    if calib is not None:
         config.int8_calibrator = _make_calibrator(trt, calib, cache_dir / f"{key.stem()}.calib")
         config.set_calibration_profile(profile)
     monitor = _progress_monitor(trt)

@@ -81,6 +81,20 @@ def test_build_engine_then_auto_runs_it(fake_gpu, bundle, precision, capsys):
         ort_enc.close()
 
 
+def test_quantized_encoder_builds_as_explicit_int8_without_calibration(fake_gpu, bundle, capsys):
+    """An INT8 (QDQ) encoder carries its scales: whatever precision is asked,
+    TensorRT gets the INT8 flag and no calibrator."""
+    from models.bundle import write_manifest
+
+    m = read_manifest(bundle)
+    write_manifest(bundle, m.model_copy(update={"encoder": m.encoder.model_copy(update={"precision": "int8"})}))
+    assert cli_main(["build-engine", str(bundle), "--precision", "fp16", "--max-batch", "4"]) == 0
+    assert capsys.readouterr().out.strip().endswith("-sm87-int8.engine")
+    built = fake_gpu.built
+    assert "INT8" in built["flags"] and "FP16" in built["flags"]
+    assert "calibration_batches" not in built and "calibration_profile" not in built
+
+
 def test_int8_without_probe_images_fails_before_building(fake_gpu, bundle):
     from edge_runtime.encoders.engine_build import EngineBuildError, build_engine
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from trainer.distort import _warp, clean_view, cutmix_box, distort, distort_seeded, paste_box
+from trainer.kiosk_views import counter, place_on_counter
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +102,45 @@ def test_paste_box_takes_the_box_from_the_partner_and_keeps_the_rest():
         mask = np.ones((16, 16), bool)
         mask[2:6, 4:12] = False
         assert (out[i][mask] == views[i, 0, 0]).all()
+
+
+def _product_share(view_f: np.ndarray) -> float:
+    """Share of a kiosk view covered by a magenta product (red and blue far above green,
+    whatever the lighting; a counter rarely is)."""
+    r, g, b = (view_f[..., i].astype(np.float32) for i in range(3))
+    return float(np.mean((r - g > 60) & (b - g > 60)))
+
+
+def test_kiosk_views_hold_the_product_up_in_front_of_a_counter():
+    magenta = np.zeros((80, 80, 3), np.uint8)
+    magenta[...] = (255, 0, 255)
+    shares, corners_counter = [], 0
+    for seed in range(40):
+        v = place_on_counter(magenta, 64, np.random.default_rng(seed), 1.0, 0.45)
+        assert v.shape == (64, 64, 3) and v.dtype == np.float32
+        shares.append(_product_share(v))
+        corners = [v[0, 0], v[0, -1], v[-1, 0], v[-1, -1]]
+        corners_counter += sum(_product_share(c[None, None]) == 0 for c in corners)
+    # the product fills part of the view, never nothing and rarely all of it
+    assert 0.2 < min(shares) and sum(s < 0.97 for s in shares) >= 30, shares
+    assert 0.35 < float(np.mean(shares)) < 0.85, shares
+    assert corners_counter > 0.6 * 4 * 40
+
+
+def test_counters_vary_and_are_smooth():
+    a, b = counter(64, np.random.default_rng(1)), counter(64, np.random.default_rng(2))
+    assert np.abs(a - b).mean() > 10
+    # a counter, unlike a product photo, has little fine detail
+    assert float(np.abs(np.diff(a, axis=1)).mean()) < 4.0
+
+
+def test_kiosk_share_sets_how_many_views_are_held_up():
+    magenta = np.full((80, 80, 3), (255, 0, 255), np.uint8)
+
+    def held_up(share: float) -> int:
+        views = [distort(magenta, 48, np.random.default_rng(i), 1.0, 0.45, kiosk=share) for i in range(40)]
+        return sum(_product_share(v) < 0.8 for v in views)
+
+    assert held_up(0.0) == 0 and held_up(1.0) >= 28 and 6 < held_up(0.5) < 28
+    np.testing.assert_array_equal(distort_seeded(magenta, 48, 3, 1.0, 0.45, 1.0),
+                                  distort_seeded(magenta, 48, 3, 1.0, 0.45, 1.0))

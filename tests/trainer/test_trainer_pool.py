@@ -1,0 +1,59 @@
+"""The view pool: frozen stages computed once per pooled view, the rest trained."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from trainer_helpers import state
+
+from trainer.cli import main
+from trainer.pool import ViewPool, paste_box_t
+from trainer.pretrained import load_lite0_state
+
+LITE0_TINY = ["--backbone", "lite0", "--size", "32", "--embedding-size", "16", "--no-progress", "--log-every", "0",
+              "--batch-size", "4"]
+
+
+def test_pool_pairs_are_two_different_views_of_each_photo():
+    feats = torch.arange(5 * 3, dtype=torch.bfloat16).reshape(5, 3, 1, 1, 1).expand(5, 3, 2, 2, 2).contiguous()
+    pool = ViewPool(feats)
+    rows = np.array([4, 0, 2])
+    a, b = pool.pair(rows, np.random.default_rng(0))
+    assert a.dtype == torch.float32 and a.shape == (3, 2, 2, 2)
+    va, vb = a[:, 0, 0, 0] - torch.tensor(rows * 3.0), b[:, 0, 0, 0] - torch.tensor(rows * 3.0)
+    assert ((va >= 0) & (va < 3) & (vb >= 0) & (vb < 3)).all() and (va != vb).all()
+    a2, b2 = pool.pair(rows, np.random.default_rng(0))
+    assert torch.equal(a, a2) and torch.equal(b, b2)
+
+
+def test_paste_box_t_takes_the_partner_box():
+    x = torch.stack([torch.full((2, 4, 4), float(v)) for v in (1, 2)])
+    out = paste_box_t(x, torch.tensor([1, 0]), (1, 3, 0, 2, 0.75))
+    assert (out[0, :, 1:3, 0:2] == 2).all() and (out[0, :, 0] == 1).all() and (x[0] == 1).all()
+
+
+def test_cached_training_keeps_frozen_stages_and_trains_the_rest(tiny_catalogue, tmp_path):
+    out = tmp_path / "run"
+    assert main(["fit", str(tiny_catalogue), "--out", str(out), *LITE0_TINY, "--freeze", "4",
+                 "--cache-views", "2", "--epochs", "3"]) == 0
+    assert state(out)["step"] == 6  # 3 epochs of the tiny catalogue's batches
+    trained = load_file(str(out / "last.safetensors"))
+    imagenet = load_lite0_state()
+    frozen = "encoder.backbone._blocks.7._depthwise_conv.weight"  # stage 3's last block: frozen
+    learnt = "encoder.backbone._blocks.8._depthwise_conv.weight"  # stage 4's first: trained
+    assert torch.equal(trained[frozen], imagenet[frozen.removeprefix("encoder.backbone.")])
+    assert torch.equal(trained["encoder.backbone._bn0.running_mean"], imagenet["_bn0.running_mean"])
+    assert not torch.equal(trained[learnt], imagenet[learnt.removeprefix("encoder.backbone.")])
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--cache-views", "2", "--freeze", "0"], "--cache-views needs --freeze"),
+    (["--cache-views", "99", "--freeze", "3"], "--cache-views must be"),
+])
+def test_bad_pool_flags(tiny_catalogue, tmp_path, capsys, flags, needle):
+    out = tmp_path / "run"
+    assert main(["fit", str(tiny_catalogue), "--out", str(out), *LITE0_TINY, "--epochs", "1", *flags]) == 2
+    assert needle in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not out.exists()
