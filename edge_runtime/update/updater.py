@@ -187,11 +187,12 @@ class Updater:
         if cmd.command_id in self._seen:
             log.info("command %s already handled; ignoring the redelivery", cmd.command_id)
             return
-        self._seen.append(cmd.command_id)
         try:
             self._queue.put_nowait((kind, cmd))
-        except queue.Full:
+        except queue.Full:   # not remembered: the same command may be sent again
             self._reject(cmd.command_id, Rejected("busy", f"{QUEUE_MAX} commands already waiting"))
+            return
+        self._seen.append(cmd.command_id)
 
     # ------------------------------------------------------------ status
     def _publish(self, command_id: str | None, state: str, **detail: Any) -> None:
