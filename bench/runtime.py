@@ -55,13 +55,18 @@ def class_items(classes_csv: Path) -> dict[int, str]:
     return out
 
 
-def load_segments(clip_csv: Path, classes_csv: Path) -> list[tuple[int, int, str]]:
+def load_segments(clip_csv: Path, classes_csv: Path) -> list[tuple[int, int, str | None]]:
+    """(first, last, item id) per product held up; item None: an object that is
+    in no catalogue (bench/make_clip.py's card), where no event is right."""
     items = class_items(classes_csv)
     with open(clip_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     segs = []
     for r in rows:
-        item = r.get("item_id") or items[int(r["class_id"])]
+        if "item_id" in r:
+            item = r["item_id"] or None
+        else:
+            item = items[int(r["class_id"])]
         segs.append((int(r["start_frame"]), int(r["end_frame"]), item))
     return segs
 

@@ -23,7 +23,11 @@ from models.errors import ConfigError
 
 
 def kiosk_config(port: int, clip, bundle, kiosk_id: str, **extra):
+    """The test kiosk: defaults, except that the encoder is shown the
+    foreground box exactly (the pixel encoder compares pooled pixels, so a
+    view must be framed as the catalogue photo is)."""
     data = {"kiosk": {"id": kiosk_id, "camera_id": "cam-test"},
+            "crop": {"margins": [0.0]},
             "source": {"uri": str(clip.path)},
             "bundle": {"path": str(bundle)},
             "backend": {"kind": "auto", "threads": 1, "max_batch": 4},
