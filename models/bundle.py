@@ -120,6 +120,9 @@ class EncoderInfo(_Strict):
     run_id: str = Field(max_length=128)
     input_name: str = Field("input", max_length=128)
     output_name: str = Field("embedding", max_length=128)
+    backbone: Literal["lite0", "scratch"] = Field("scratch", description="the encoder's network")
+    pretrained: str | None = Field(None, max_length=512, description=(
+        "where the backbone's starting weights came from (package, file, sha256); None: random"))
 
     _sha = field_validator("sha256")(classmethod(lambda cls, v: _check_sha(v)))
 

@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,6 +76,8 @@ class ExportInfo(BaseModel):
     input: PreprocessSpec
     opset: int
     encoder_sha256: str
+    backbone: Literal["lite0", "scratch"] = "scratch"
+    pretrained: str | None = None
     parity: dict[str, float | int | str] = {}
     created: str = ""
 
@@ -213,7 +216,8 @@ def write_bundle(stage: Path, source_dir: Path, info: ExportInfo, vec: _Vectors,
     m = Manifest(
         bundle_version=bundle_version, created=utc_now_iso(), embedding_size=info.embedding_size,
         input=info.input, item_count=len(item_list),
-        encoder=EncoderInfo(sha256=enc_sha, opset=info.opset, run_id=info.run_id),
+        encoder=EncoderInfo(sha256=enc_sha, opset=info.opset, run_id=info.run_id, backbone=info.backbone,
+                            pretrained=info.pretrained),
         index=IndexInfo(sha256=arts[1].sha256, dim=info.embedding_size, n_vectors=len(emb),
                         n_trees=params.n_trees, search_k=params.search_k, encoder_sha256=enc_sha),
         search=SearchDefaults(threshold=params.threshold, mode=params.mode,
@@ -381,7 +385,8 @@ def enroll(bundle_dir: Path, folders: Sequence[Path], encoder, item_id: str | No
             probes.append((data, e.item_id, n_old + k if exact else None))
             known.add(e.item_id)
     info = ExportInfo(run_id=m.encoder.run_id, embedding_size=m.embedding_size, input=m.input,
-                      opset=m.encoder.opset, encoder_sha256=m.encoder.sha256)
+                      opset=m.encoder.opset, encoder_sha256=m.encoder.sha256, backbone=m.encoder.backbone,
+                      pretrained=m.encoder.pretrained)
     params = IndexParams(n_trees=m.index.n_trees, search_k=m.index.search_k,
                          threshold=m.search.threshold, mode=m.search.mode,
                          exact_below=m.search.exact_below)

@@ -1,26 +1,36 @@
-"""Encoder and decoder (torch). Only the trainer imports this module; the
+"""Encoders and decoder (torch). Only the trainer imports this module; the
 device runs the exported ONNX encoder.
 
-Encoder: a stem conv, then ``depth`` stages of (stride-2 conv, residual
-blocks), global average pooling, a linear projection and L2 normalisation, so
-cosine similarity is a dot product and Annoy's angular metric applies.
+Two encoders share one interface (``feature_map`` -> ``embed`` -> L2
+normalisation, so cosine similarity is a dot product and Annoy's angular
+metric applies):
 
-Decoder: from the pre-pooling feature map back to the clean image at half the
+- ``Lite0Encoder`` (``backbone="lite0"``): EfficientNet-Lite0 (models.lite0)
+  cut at ``cfg.cut``, started from its ImageNet weights (trainer.pretrained),
+  global average pooling and a linear projection to the embedding.
+- ``ScratchEncoder`` (``backbone="scratch"``): a stem conv, then ``depth``
+  stages of (stride-2 conv, residual blocks), pooling and a projection, from
+  random weights: for catalogues where no pretrained model fits.
+
+Decoder: from the encoder's feature map back to the clean image at half the
 input resolution. Half resolution because on a 2-core CPU a full-resolution
-decoder cost as much as the whole encoder (measured: 0.26 s vs 0.14 s per
+decoder cost as much as the whole scratch encoder (0.26 s vs 0.14 s per
 64-image batch at 64 px) while the reconstruction term only has to carry
 colour and layout, not pixel detail.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.lite0 import Lite0
 from models.netconfig import NetConfig
 
-__all__ = ["Encoder", "Decoder", "AutoEncoder"]
+__all__ = ["Encoder", "ScratchEncoder", "Lite0Encoder", "Decoder", "AutoEncoder", "build_encoder"]
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
@@ -39,6 +49,27 @@ class _Residual(nn.Module):
 
 
 class Encoder(nn.Module):
+    """The interface both encoders implement."""
+
+    cfg: NetConfig
+    proj: nn.Linear
+
+    @property
+    def feature_channels(self) -> int:
+        raise NotImplementedError
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embed(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Un-normalised embedding from a feature map (for losses that want it)."""
+        return self.proj(fmap.mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.embed(self.feature_map(x)), dim=1, eps=1e-12)
+
+
+class ScratchEncoder(Encoder):
     def __init__(self, cfg: NetConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -74,26 +105,50 @@ class Encoder(nn.Module):
         return torch.cat([f, hist.expand(-1, -1, f.shape[2], f.shape[3])], dim=1)
 
     def embed(self, fmap: torch.Tensor) -> torch.Tensor:
-        """Un-normalised embedding from a feature map (for losses that want it)."""
         if self.head is not None:
             fmap = self.head(fmap)
-        return self.proj(fmap.mean(dim=(2, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.embed(self.feature_map(x)), dim=1, eps=1e-12)
+        return super().embed(fmap)
 
 
-class Decoder(nn.Module):
-    """Feature map (C, s/2^depth) -> image (3, s/2), normalised space like the input."""
+class Lite0Encoder(Encoder):
+    """EfficientNet-Lite0 cut at ``cfg.cut``, pooled and projected. Its weights
+    start random here; trainer.pretrained loads the ImageNet ones."""
 
     def __init__(self, cfg: NetConfig) -> None:
         super().__init__()
-        chans = list(reversed(cfg.stage_channels()))
-        chans[0] += cfg.colour_bins
-        # depth-1 upsamplings: s/2^depth -> s/2; channels halve each time (at least 8).
-        outs = [max(c // 2, 8) for c in chans[:-1]]
-        layers: list[nn.Module] = [_conv_bn(chans[0], outs[0] if outs else chans[0], k=1)]
-        cin = outs[0] if outs else chans[0]
+        self.cfg = cfg
+        self.backbone = Lite0(cut=cfg.cut, classifier=False)
+        self.proj = nn.Linear(self.backbone.channels, cfg.embedding_size)
+
+    @property
+    def feature_channels(self) -> int:
+        return self.backbone.channels
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.features(x)
+
+
+def build_encoder(cfg: NetConfig) -> Encoder:
+    return Lite0Encoder(cfg) if cfg.backbone == "lite0" else ScratchEncoder(cfg)
+
+
+class Decoder(nn.Module):
+    """Feature map (C, s/stride) -> image (3, s/2) in the input's normalised space
+    (scratch with ``stem_stride`` 2: s/4; the loss resizes the target).
+
+    A 1x1 conv, then upsamplings by 2 (nearest neighbour), each followed by a
+    3x3 conv that halves the channels: lite0 from 128 down to 16 channels,
+    scratch mirroring its encoder's stages (at least 8)."""
+
+    def __init__(self, cfg: NetConfig, in_channels: int) -> None:
+        super().__init__()
+        if cfg.backbone == "lite0":
+            outs = [max(128 // 2**i, 16) for i in range(int(math.log2(cfg.stride())) - 1)]
+        else:
+            outs = [max(c // 2, 8) for c in list(reversed(cfg.stage_channels()))[:-1]]
+        first = outs[0] if outs else in_channels
+        layers: list[nn.Module] = [_conv_bn(in_channels, first, k=1)]
+        cin = first
         for cout in outs:
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), _conv_bn(cin, cout)]
             cin = cout
@@ -108,8 +163,8 @@ class AutoEncoder(nn.Module):
     def __init__(self, cfg: NetConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        self.encoder = build_encoder(cfg)
+        self.decoder = Decoder(cfg, self.encoder.feature_channels)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (normalised embedding, raw embedding, reconstruction at half resolution)."""

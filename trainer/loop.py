@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from models.errors import ConfigError
+from models.lite0 import stage_blocks
 from models.network import AutoEncoder
 from trainer.data import ImageSet, batches
 from trainer.ddp import Dist
@@ -56,6 +57,9 @@ class LoopConfig:
     cutmix: float = 0.0
     early_size: int = 0  # progressive resizing: views this many px (0 = off) ...
     early_until: float = 0.0  # ... until this share of the run, then the input size
+    backbone_lr: float = 1.0  # pretrained backbone: its learning rate as a share of lr
+    freeze: int = 0  # pretrained backbone: stem and this many stages kept at their weights
+    drop_path: float = 0.0  # pretrained backbone: stochastic depth rate of its last block
     epochs: float | None = None
     minutes: float | None = None
     seed: int = 0
@@ -190,12 +194,9 @@ class Trainer:
         has_labels = bool((data.labels[train_idx] >= 0).any())
         head = CosineMarginHead(model.cfg.embedding_size, n_classes) if (
             cfg.w_metric > 0 and n_classes > 0 and has_labels) else None
+        _configure_backbone(model, cfg)
         self.module = TrainModule(model, head, cfg).to(d.device, memory_format=torch.channels_last)
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        self.opt = torch.optim.AdamW(_param_groups(self.module, cfg), lr=cfg.lr)
         self.autocast = autocast_dtype(d.device, cfg.precision)
         self.amp = self.autocast is torch.float16  # fp16 needs loss scaling; bf16 does not
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -311,7 +312,7 @@ class Trainer:
                 self.epoch = b.epoch
                 lr = lr_at(p, c.lr, c.warmup)
                 for g in self.opt.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = lr * g["lr_scale"]
                 dev = self.d.device
                 with torch.autocast(dev.type, dtype=self.autocast or torch.float32,
                                     enabled=self.autocast is not None):
@@ -347,6 +348,32 @@ class Trainer:
         hooks.validate(self)
         hooks.save(self, self.elapsed_before)
         return self.step
+
+
+def _configure_backbone(model: AutoEncoder, cfg: LoopConfig) -> None:
+    """Freezing and stochastic depth of a pretrained backbone (no-op for scratch)."""
+    backbone = getattr(model.encoder, "backbone", None)
+    if backbone is None:
+        if cfg.freeze or cfg.drop_path or cfg.backbone_lr != 1.0:
+            raise ConfigError("--freeze, --drop-path and --backbone-lr apply to a pretrained backbone only")
+        return
+    for i, b in enumerate(backbone._blocks):
+        b.drop_path = cfg.drop_path * i / max(1, len(backbone._blocks))
+    backbone.freeze(stage_blocks(cfg.freeze) if cfg.freeze > 0 else None)
+
+
+def _param_groups(module: nn.Module, cfg: LoopConfig) -> list[dict]:
+    """AdamW groups: weight decay on weights only (not biases or norms), and
+    the pretrained backbone at ``backbone_lr`` times the rate of the new parts."""
+    backbone = getattr(module.model.encoder, "backbone", None)
+    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    groups: dict[tuple[bool, bool], list] = {}
+    for p in module.parameters():
+        if p.requires_grad:
+            groups.setdefault((id(p) in in_backbone, p.ndim > 1), []).append(p)
+    return [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
+             "lr_scale": cfg.backbone_lr if pre else 1.0}
+            for (pre, decay), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))]
 
 
 class TrainHooks:

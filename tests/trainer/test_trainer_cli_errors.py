@@ -103,6 +103,8 @@ def test_resume_of_a_folder_that_is_not_a_run(tiny_catalogue, tmp_path, capsys):
     (["--early-size", "32"], "--early-size"),  # not smaller than --size 32
     (["--early-size", "2"], "--early-size"),  # under a 1x1 feature map
     (["--early-size", "16", "--early-until", "2"], "--early-until"),
+    (["--freeze", "2"], "--freeze applies to --backbone lite0"),
+    (["--backbone", "lite0"], "--width applies to --backbone scratch"),
 ])
 def test_bad_values(tiny_catalogue, tmp_path, capsys, flags, needle):
     out = tmp_path / "run"

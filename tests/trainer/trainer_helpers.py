@@ -14,7 +14,7 @@ from trainer.cli import main
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--size", "32", "--width", "8", "--depth", "2", "--embedding-size", "16", "--no-progress",
+TINY = ["--backbone", "scratch", "--size", "32", "--width", "8", "--depth", "2", "--embedding-size", "16", "--no-progress",
         "--log-every", "0", "--batch-size", "4"]
 
 

