@@ -33,17 +33,19 @@ sys.path.insert(0, str(REPO / "bench"))
 DATA = REPO.parent / "shared" / "data"
 
 import numpy as np  # noqa: E402
-from runtime import load_segments  # noqa: E402
+from scoring import load_segments  # noqa: E402
 
 FRAMINGS: dict[str, tuple[str, tuple[float, ...]]] = {
     "full": ("full", ()),
     "fixed": ("fixed", ()),
-    "box m0.25": ("box", (0.25,)),
     "box m0.1": ("box", (0.1,)),
     "box m0": ("box", (0.0,)),
+    "box m-0.1": ("box", (-0.1,)),
     "box m-0.15": ("box", (-0.15,)),
+    "box m-0.2": ("box", (-0.2,)),
     "box m-0.25": ("box", (-0.25,)),
-    "multi 0.1,-0.2": ("box", (0.1, -0.2)),
+    "multi -0.1,-0.2": ("box", (-0.1, -0.2)),
+    "multi 0,-0.15,-0.3": ("box", (0.0, -0.15, -0.3)),
     "multi 0.1,-0.1,-0.25": ("box", (0.1, -0.1, -0.25)),
 }
 

@@ -108,6 +108,7 @@ class Pipeline:
                 self.heartbeat(first is not None)
             if first is None:
                 if self.source.ended:
+                    self._flush()
                     return "ended"
                 continue
             batch = [first]
@@ -154,6 +155,23 @@ class Pipeline:
                                        threshold)
         return decisions
 
+    def _flush(self) -> None:
+        """A file source ended: the presentation in progress is decided as if the
+        product had left."""
+        if self.presenter is None:
+            return
+        with self._lock:
+            for o in self.presenter.tracker.flush():
+                self._handle(o, self._matcher)
+
+    def _handle(self, o: Outcome, matcher: Any) -> None:
+        if o.kind == "match":
+            self._publish_outcome(o, matcher)
+        else:
+            self.stats.unknown()
+            log.info("presentation %d: unknown product (%d views used)", o.presentation,
+                     o.frames_used)
+
     def _process_scene(self, frames: list[Frame]) -> list[Outcome]:
         roi = self.options.roi
         offset = (0, 0) if roi is None else (max(roi[0], 0), max(roi[1], 0))
@@ -164,12 +182,7 @@ class Pipeline:
                 info = self.presenter.step(crop_roi(frame.image, roi), frame, matcher, offset)
                 for o in info.outcomes:
                     out.append(o)
-                    if o.kind == "match":
-                        self._publish_outcome(o, matcher)
-                    else:
-                        self.stats.unknown()
-                        log.info("presentation %d: unknown product (%d views used)",
-                                 o.presentation, o.frames_used)
+                    self._handle(o, matcher)
                 self.stats.frame((self.clock() - frame.captured) * 1000.0)
                 self.frames += 1
                 if self.preview is not None:

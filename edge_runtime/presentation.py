@@ -155,6 +155,10 @@ class PresentationTracker:
         """Forget the presentation in progress (e.g. another encoder from now on)."""
         self.cur = None
 
+    def flush(self) -> list[Outcome]:
+        """The stream ended: decide the presentation in progress as if it left."""
+        return self._end() if self.cur is not None else []
+
     def update(self, obs: FrameObs, embed: Callable[[], np.ndarray]) -> list[Outcome]:
         """One frame. ``embed()`` returns the frame's (D,) embedding; it is only
         called for frames that are used."""
@@ -195,10 +199,13 @@ class PresentationTracker:
             c.phase, c.phase_sharp = [], 0.0
 
     # ------------------------------------------------------------------ decisions
+    def _sharp(self, used: list[_Used], max_sharp: float) -> list[_Used]:
+        """The views sharp enough next to the sharpest one (blurred ones drop out)."""
+        return [u for u in used if u.obs.sharpness >= self.p.sharp_ratio * max_sharp] or used
+
     def _aggregate(self, used: list[_Used], max_sharp: float) -> tuple[np.ndarray, int]:
-        keep = [u for u in used if u.obs.sharpness >= self.p.sharp_ratio * max_sharp] or used
-        mean = np.mean([u.emb for u in keep], axis=0)
-        return _unit(mean), len(keep)
+        keep = self._sharp(used, max_sharp)
+        return _unit(np.mean([u.emb for u in keep], axis=0)), len(keep)
 
     def _confident(self, matches: Sequence[Any], margin: float) -> str | None:
         if not matches:
@@ -214,7 +221,9 @@ class PresentationTracker:
     def _try_decide(self, c: _Presentation, obs: FrameObs) -> list[Outcome]:
         if len(c.used) < self.p.min_views:
             return []
-        vec, _ = self._aggregate(c.used, c.max_sharp)
+        vec, n = self._aggregate(c.used, c.max_sharp)
+        if n < self.p.min_views:
+            return []
         matches = tuple(self.search(vec))
         item = self._confident(matches, self.p.margin)
         if item is None:
@@ -278,7 +287,7 @@ class PresentationTracker:
 
     def _outcome(self, c: _Presentation, kind: str, item: str | None, matches: tuple[Any, ...],
                  evidence: FrameObs, reason: str, used: list[_Used] | None = None) -> Outcome:
-        used = c.used if used is None else used
+        used = self._sharp(c.used if used is None else used, c.max_sharp)
         views = [u.obs for u in used if u.obs.view is not None]
         best = max(views, key=lambda o: o.sharpness).view if views else None
         return Outcome(kind=kind, item_id=item, matches=matches, presentation=c.number,
