@@ -45,6 +45,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "grocery" / "train"
 FPS = 30
+# The last frames of an eased move are within 1% of the pose they end in: the
+# product is already fully in view and still there, so a showing starts then.
+SETTLED = 2
 
 
 @dataclass
@@ -301,7 +304,7 @@ class Director:
             t = self._move(s.poses, t, self._outside(p, self._side()), p, int(r.integers(9, 15)))
         if defocus:
             s.defocus_from = t
-        start = t
+        start = t - SETTLED
         t = self._hold(s.poses, t, p, int(r.integers(60, 100)), float(r.uniform(0.5, 3.0)))
         c.truth.append({"start_frame": start, "end_frame": t - 1, "item_id": item, "kind": kind,
                         "image": image})
@@ -316,12 +319,12 @@ class Director:
         p, q = self._target(), self._target()
         t = self._move(sa.poses, c.n, self._outside(p, "left"), p, 12)
         end_a = self._hold(sa.poses, t, p, int(r.integers(60, 90)), 1.5)
-        c.truth.append({"start_frame": t, "end_frame": end_a - 1, "item_id": ia, "kind": "swap",
+        c.truth.append({"start_frame": t - SETTLED, "end_frame": end_a - 1, "item_id": ia, "kind": "swap",
                         "image": fa})
         self._move(sa.poses, end_a, sa.poses[end_a - 1], self._outside(p, "right"), 14)
         t = self._move(sb.poses, end_a + 4, self._outside(q, "bottom"), q, 14)
         end_b = self._hold(sb.poses, t, q, int(r.integers(60, 90)), 1.5)
-        c.truth.append({"start_frame": t, "end_frame": end_b - 1, "item_id": ib, "kind": "swap",
+        c.truth.append({"start_frame": t - SETTLED, "end_frame": end_b - 1, "item_id": ib, "kind": "swap",
                         "image": fb})
         t = self._move(sb.poses, end_b, sb.poses[end_b - 1], self._outside(q, "top"), 12)
         c.render(scene, t - c.n)
@@ -338,7 +341,7 @@ class Director:
         t = self._hold(s.poses, t, low, 8 if fully else 15, 1.0)
         t = self._move(s.poses, t, low, p, 8)
         t = self._hold(s.poses, t, p, 45, 1.5)
-        c.truth.append({"start_frame": start, "end_frame": t - 1, "item_id": item,
+        c.truth.append({"start_frame": start - SETTLED, "end_frame": t - 1, "item_id": item,
                         "kind": "lowered" if fully else "half-lowered", "image": image})
         t = self._move(s.poses, t, s.poses[t - 1], self._outside(p, "left"), 12)
         c.render(scene, t - c.n)
@@ -351,7 +354,7 @@ class Director:
         p.angle = 0.0
         start = self._move(s.poses, c.n, self._outside(p, "bottom"), p, 12)
         t = self._hold(s.poses, start, p, int(seconds * FPS), 0.0)
-        c.truth.append({"start_frame": start, "end_frame": t - 1, "item_id": item, "kind": "left",
+        c.truth.append({"start_frame": start - SETTLED, "end_frame": t - 1, "item_id": item, "kind": "left",
                         "image": image})
         t = self._move(s.poses, t, p, self._outside(p, "bottom"), 12)
         c.render(scene, t - c.n)

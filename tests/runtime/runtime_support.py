@@ -86,8 +86,9 @@ def make_clip(path: Path, catalogue: Path, seed: int = 0) -> Clip:
     """A kiosk view: an empty counter (a grey gradient with sensor noise), then
     products (the catalogue's 120 px photos) held in the middle of the 320x240
     frame with jitter, a direct change of product, a shaky segment alternating
-    items every frame, separated by empty frames; mp4v at 30 fps, decoded by
-    OpenCV in the tests."""
+    items every frame, a product in no catalogue, a product lowered out of view
+    for a moment and raised again, separated by empty frames; mp4v at 30 fps,
+    decoded by OpenCV in the tests. Segments with item None must give no event."""
     import cv2
 
     rng = np.random.default_rng(seed)
@@ -108,10 +109,15 @@ def make_clip(path: Path, catalogue: Path, seed: int = 0) -> Clip:
         f[y0:y0 + ph.shape[0], x0:x0 + ph.shape[1]] = ph
         return f
 
+    unknown = rng.integers(0, 255, (40, 40, 3)).astype(np.uint8).repeat(3, 0).repeat(3, 1)
+    photos.append(unknown)   # a product that is in no catalogue: blocks of random colour
     plan: list[tuple[str, int, int | None]] = [
         ("empty", 20, None), ("item", 45, 0), ("empty", 20, None), ("item", 45, 1),
         ("empty", 20, None), ("item", 40, 2), ("item", 40, 3), ("empty", 20, None),
-        ("shaky", 30, None), ("empty", 20, None), ("item", 45, 0), ("empty", 15, None)]
+        ("shaky", 30, None), ("empty", 20, None), ("item", 45, 0), ("empty", 15, None),
+        ("unknown", 40, len(photos) - 1), ("empty", 20, None),
+        # lowered out of view for 6 frames (0.2 s) and raised again: one showing
+        ("item", 30, 1), ("empty", 6, None), ("item", 30, 1), ("empty", 15, None)]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), CLIP_FPS, (CLIP_W, CLIP_H))
     segments, n = [], 0
     for kind, count, k in plan:
@@ -119,14 +125,18 @@ def make_clip(path: Path, catalogue: Path, seed: int = 0) -> Clip:
         for i in range(count):
             if kind == "empty":
                 writer.write(background())
-            elif kind == "item":
+            elif kind in ("item", "unknown"):
                 writer.write(held(k))
             else:  # two items alternating every frame: an unclear view
                 writer.write(held(i % 2))
             n += 1
         if kind == "item":
-            segments.append(Segment(start, n - 1, ids[k]))
-        elif kind == "shaky":
+            last = segments[-1] if segments else None
+            if last is not None and last.item_id == ids[k] and start - last.end <= 7:
+                segments[-1] = Segment(last.start, n - 1, ids[k])   # raised again: the same showing
+            else:
+                segments.append(Segment(start, n - 1, ids[k]))
+        elif kind in ("shaky", "unknown"):
             segments.append(Segment(start, n - 1, None))
     writer.release()
     return Clip(path, n, tuple(segments))

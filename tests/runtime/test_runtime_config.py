@@ -66,6 +66,12 @@ def test_example_config_is_valid_and_documents_every_key():
     ('[backend]\nkind = "cuda"\n', "backend.kind"),
     ('[update]\nenabled = true\n', "store_dir"),
     ('[mqtt]\ncert_file = "/c.pem"\n', "cert_file and key_file"),
+    ('[presence]\nmode = "maybe"\n', "presence.mode"),
+    ('[presence]\nmin_area = 0.7\nglobal_area = 0.6\n', "presence: Value error, min_area"),
+    ('[crop]\nmargins = [2.0]\n', "crop: Value error, each margin"),
+    ('[crop]\nmargins = []\n', "crop.margins"),
+    ('[decision]\nmin_views = 40\nmax_views = 30\n', "decision"),
+    ('[snapshot]\nmax_bytes = 10\n', "snapshot.max_bytes"),
 ])
 def test_bad_config_names_the_key(tmp_path, toml, key):
     p = tmp_path / "kiosk.toml"
