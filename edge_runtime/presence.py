@@ -83,6 +83,7 @@ class SceneState:
     mask: np.ndarray       # foreground mask at the working resolution (uint8 0/255)
     scale: float           # image px per working px
     event: str = ""        # "", "learning", "scene_change", "relearnt", "absorbed", "restored"
+    small: np.ndarray | None = None   # the frame at the working size, light-compensated (float32)
 
 
 class SceneModel:
@@ -165,7 +166,8 @@ class SceneModel:
             self._blend(small, mask, changed)
             self._learn_noise(small, prev * gain if prev is not None else None)
         box = None if box_small is None else _scale_box(box_small, scale, image.shape)
-        return self._state(self.present, area, box, motion, mask, scale, "", differs)
+        return SceneState(present=self.present, differs=differs, area=area, box=box, motion=motion,
+                          mask=mask, scale=scale, event="", small=norm)
 
     # ------------------------------------------------------------------ pieces
     def _shrink(self, image: np.ndarray) -> tuple[np.ndarray, float]:

@@ -81,6 +81,18 @@ class Presenter:
         self._last = tuple(self._matcher.search(vec[None], top_k=self.top_k)[0])
         return list(self._last)
 
+    def _signature(self, st: SceneState, shape: tuple[int, ...]) -> np.ndarray:
+        """The thumbnail of the innermost view, cut from the scene model's small,
+        light-compensated frame (cheaper than from the full image, and steady
+        under flicker)."""
+        assert st.box is not None and st.small is not None
+        h, w = shape[:2]
+        x, y, side, _ = square_box(st.box, (w, h), self.margins[-1])
+        s = st.scale
+        x0, y0 = int(x / s), int(y / s)
+        x1, y1 = max(x0 + 2, int(round((x + side) / s))), max(y0 + 2, int(round((y + side) / s)))
+        return signature(st.small[y0:y1, x0:x1])
+
     def step(self, image: np.ndarray, frame: Any, matcher: Any,
              offset: tuple[int, int] = (0, 0)) -> FrameInfo:
         """One frame (``image``: the frame inside the ROI; ``frame``: its stamps)."""
@@ -91,7 +103,7 @@ class Presenter:
         sharp, sig, corr = 0.0, None, -1.0
         if st.present and st.box is not None:
             views = crop_views(image, st.box, self.margins)
-            sig = signature(views[-1])
+            sig = self._signature(st, image.shape)
             if self._prev_sig is not None:
                 corr = float(np.dot(sig, self._prev_sig))
         p = self.tracker.p
