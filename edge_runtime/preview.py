@@ -64,7 +64,7 @@ class PreviewWriter:
         if st.mask is not None and st.mask.any():
             contours, _ = cv2.findContours(st.mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             scaled = [np.round(c * st.scale).astype(np.int32) + (ox, oy) for c in contours]
-            cv2.drawContours(img, scaled, -1, (255, 0, 255), 1)
+            cv2.drawContours(img, scaled, -1, (255, 0, 255), 2)
         if info.crop_box is not None:
             x, y, w, h = info.crop_box
             colour = (0, 220, 0) if info.encoded else (160, 160, 160)

@@ -157,14 +157,25 @@ def test_preview_video_is_written(tmp_path, broker, shop_clip, pixel_bundle):
 
     out = tmp_path / "preview.mp4"
     cfg = kiosk_config(broker.port, shop_clip, pixel_bundle, "pv", preview={"path": str(out)},
-                       roi={"x": 10, "y": 0, "w": 140, "h": 120})
+                       roi={"x": 40, "y": 20, "w": 240, "h": 200})
     cfg = cfg.model_copy(update={"max_frames": 60})
     assert Kiosk(cfg).run(threading.Event()) == "max_frames"
     cap = cv2.VideoCapture(str(out))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    assert n == 60
+    frames = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        frames.append(img.astype(int))
+    assert len(frames) == 60
+
+    def near(img, bgr) -> int:
+        return int((np.abs(img - np.array(bgr)).max(axis=2) < 60).sum())
+    # The first product is held from frame 20: the mask outline (magenta) and
+    # the crop the encoder used (green) are drawn; on the empty counter neither.
+    assert near(frames[10], (255, 0, 255)) == 0 and near(frames[10], (0, 220, 0)) == 0
+    assert near(frames[22], (0, 220, 0)) > 100          # a view used, its crop in green
+    assert near(frames[40], (255, 0, 255)) > 100        # the foreground's outline
 
 
 def test_prometheus_endpoint_on_loopback():
