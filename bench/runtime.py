@@ -113,7 +113,7 @@ def trade_off(matcher, clip: Path, cfg, segs) -> dict:
     for min_views in (1, 2, 3, 5, 8):
         for margin in (0.0, 0.02, 0.05, 0.1):
             params = replace(base, min_views=min_views, margin=margin,
-                             leave_margin=min(margin, base.leave_margin))
+                             leave_margin=margin)
             events, published, unknown, used = replay(matcher, frames, params)
             r = score_events(events, segs, published)
             r.update({"unknown": unknown, "views_encoded": used})

@@ -29,8 +29,8 @@ class PresenceConfig(_Section):
     work_width: int = Field(160, ge=32, le=1920, description="px the scene model works at")
     pixel_threshold: float = Field(20.0, gt=0, le=255, description="colour difference that counts")
     min_area: float = Field(0.01, gt=0, lt=1, description="fraction of the view that must differ")
-    global_area: float = Field(0.6, gt=0, le=1,
-                               description="more than this differs: a scene change, relearnt")
+    scene_change: float = Field(0.6, gt=0, le=1, description="more than this of a band around "
+                                "the border differs: the scene changed (camera, counter), relearnt")
     enter_frames: int = Field(2, ge=1, le=100, description="frames that differ before 'present'")
     leave_frames: int = Field(4, ge=1, le=100, description="frames that match before 'empty'")
     learn_rate: float = Field(0.05, gt=0, le=1, description="background blend per frame")
@@ -38,12 +38,6 @@ class PresenceConfig(_Section):
                              description="a change that stays this long becomes background")
     settle_frames: int = Field(3, ge=1, le=100, description="still frames before relearning a changed scene")
     shadows: bool = Field(True, description="darker by a similar ratio in every channel: a shadow")
-
-    @model_validator(mode="after")
-    def _areas(self) -> PresenceConfig:
-        if self.min_area >= self.global_area:
-            raise ValueError("min_area must be below global_area")
-        return self
 
     def params(self) -> PresenceParams:
         return PresenceParams(**self.model_dump(exclude={"mode"}))

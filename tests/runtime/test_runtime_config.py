@@ -67,7 +67,7 @@ def test_example_config_is_valid_and_documents_every_key():
     ('[update]\nenabled = true\n', "store_dir"),
     ('[mqtt]\ncert_file = "/c.pem"\n', "cert_file and key_file"),
     ('[presence]\nmode = "maybe"\n', "presence.mode"),
-    ('[presence]\nmin_area = 0.7\nglobal_area = 0.6\n', "presence: Value error, min_area"),
+    ('[presence]\nscene_change = 0\n', "presence.scene_change"),
     ('[crop]\nmargins = [2.0]\n', "crop: Value error, each margin"),
     ('[crop]\nmargins = []\n', "crop.margins"),
     ('[decision]\nmin_views = 40\nmax_views = 30\n', "decision"),
