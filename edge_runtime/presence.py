@@ -185,11 +185,15 @@ class SceneModel:
         return small.astype(np.float32), w / ww
 
     def _gain(self, small: np.ndarray) -> np.ndarray:
-        """Per-channel median of frame / reference over last frame's background pixels."""
-        sel = None
-        if self._prev_fg is not None and self._prev_fg.shape == small.shape[:2]:
-            sel = ~self._prev_fg
-            if np.count_nonzero(sel) < 0.2 * sel.size:
+        """Per-channel median of frame / reference over the band around the border
+        (the counter, even when a product held close covers most of the frame),
+        leaving out what was foreground in the previous frame."""
+        sel = _border(small.shape).copy()
+        if self._prev_fg is not None and self._prev_fg.shape == sel.shape:
+            sel &= ~self._prev_fg
+        if np.count_nonzero(sel) < 0.3 * np.count_nonzero(_border(small.shape)):
+            sel = None if self._prev_fg is None else ~self._prev_fg
+            if sel is not None and np.count_nonzero(sel) < 0.2 * sel.size:
                 sel = None
         return _gain_to(small, self.bg, sel)
 
