@@ -342,17 +342,19 @@ def markdown(r: dict) -> str:
         f"{f['sgemm_gflops']} GFLOP/s | |",
         f"| event precision / recall | {a['precision']} / {a['recall']} ({a['events']} events, "
         f"{a['found']}/{a['showings']} products, {a['unknown_presentations']} unknown) | 0.95 / 0.90 |",
-        f"| events on the empty counter | {a['empty_events']} | 0 |",
+        f"| events on the empty counter (outside any showing) | {a['empty_events']} "
+        f"({a['outside_events']}) | 0 |",
         f"| decision latency from the start of the showing, p50 / p90 | "
         f"{a.get('latency_ms_p50')} / {a.get('latency_ms_p90')} ms | |",
     ]
     if r["trade_off"]:
         lines += ["", "Latency against certainty, replayed on the same recorded views:", "",
-                  "| variant | events | precision | recall | empty | unknown | latency p50 / p90 ms | views encoded |",
+                  "| variant | events | precision | recall | empty (outside) | unknown | latency p50 / p90 ms | views encoded |",
                   "|---|---|---|---|---|---|---|---|"]
         for name, v in r["trade_off"].items():
             lines.append(f"| {name} | {v['events']} | {v['precision']} | {v['recall']} | "
-                         f"{v['empty_events']} | {v['unknown']} | {v.get('latency_ms_p50')} / "
+                         f"{v['empty_events']} ({v['outside_events']}) | {v['unknown']} | "
+                         f"{v.get('latency_ms_p50')} / "
                          f"{v.get('latency_ms_p90')} | {v['views_encoded']} |")
     if s.get("warning"):
         lines += ["", f"Warning: {s['warning']}"]

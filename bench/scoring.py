@@ -5,8 +5,10 @@ product held up at its ``frame_index`` (the frame the decision rests on) and
 it is the first right event of that showing; a second event for the same
 showing, an event naming another product, an event for an object in no
 catalogue or outside every showing is wrong. Recall: showings of catalogue
-products with a right event. Events outside every showing are also counted
-as ``empty_events`` (the empty counter, or a product moving in or out).
+products with a right event. Events outside every showing are counted as
+``outside_events`` (a product moving in or out, or the empty counter), and
+those more than ``EMPTY_GAP`` frames (0.5 s) from any showing as
+``empty_events``: the empty counter itself.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 Segment = tuple[int, int, "str | None"]
+EMPTY_GAP = 15
 
 
 def class_items(classes_csv: Path) -> dict[int, str]:
@@ -52,11 +55,12 @@ def score_events(events: list[tuple[int, str]], segs: list[Segment],
     def showing(i: int) -> int | None:
         return next((k for k, s in enumerate(segs) if s[0] <= i <= s[1]), None)
 
-    right, found, empty, lat = 0, set(), 0, []
+    right, found, outside, empty, lat = 0, set(), 0, 0, []
     for n, (frame, item) in enumerate(events):
         k = showing(frame)
         if k is None:
-            empty += 1
+            outside += 1
+            empty += all(frame < a - EMPTY_GAP or frame > b + EMPTY_GAP for a, b, _ in segs)
             continue
         if segs[k][2] == item and k not in found:
             right += 1
@@ -68,7 +72,7 @@ def score_events(events: list[tuple[int, str]], segs: list[Segment],
     out = {"events": n, "right": right, "precision": round(right / n, 3) if n else None,
            "showings": len(known), "found": len(found),
            "recall": round(len(found) / len(known), 3) if known else None,
-           "empty_events": empty,
+           "outside_events": outside, "empty_events": empty,
            "unknown_object_events": sum(1 for f, _ in events
                                         if (k := showing(f)) is not None and segs[k][2] is None)}
     if lat:
