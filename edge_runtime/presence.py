@@ -81,7 +81,6 @@ class SceneState:
     differs: bool          # this frame alone differs by at least min_area
     area: float            # fraction of the frame that differs (after clean-up)
     box: Box | None        # foreground bounding box in image coordinates
-    motion: float          # mean |frame - previous frame| inside the box (0..255), else global
     mask: np.ndarray       # foreground mask at the working resolution (uint8 0/255)
     scale: float           # image px per working px
     event: str = ""        # "", "learning", "scene_change", "relearnt", "absorbed", "restored"
@@ -124,8 +123,8 @@ class SceneModel:
             self._learn_noise(small, self._prev)
             self._prev = small
             self.bg += (small - self.bg) / self._seen
-            return self._state(False, 0.0, None, 0.0, np.zeros(small.shape[:2], np.uint8),
-                               scale, "learning")
+            return self._state(False, 0.0, None, np.zeros(small.shape[:2], np.uint8), scale,
+                               "learning")
 
         # The frame at the reference's exposure. While something is present the
         # reference keeps its exposure, so the pixels hidden behind the product
@@ -151,15 +150,14 @@ class SceneModel:
         if area >= self.p.min_area and self._old_bg is not None and self._is_old_scene(norm, mask, thr):
             self.bg, self._old_bg = self._old_bg, None
             self._reset_change()
-            return self._state(False, 0.0, None, 0.0, np.zeros_like(mask), scale, "restored")
+            return self._state(False, 0.0, None, np.zeros_like(mask), scale, "restored")
 
         box_small, largest = _foreground_box(mask, self.p.min_blob)
         differs = largest >= self.p.min_area
         self._debounce(differs)
-        motion = _box_mean(motion_img, box_small) if motion_img is not None else 0.0
         event = self._maybe_absorb(norm, differs, t)
         if event:
-            return self._state(False, 0.0, None, motion, np.zeros_like(mask), scale, event)
+            return self._state(False, 0.0, None, np.zeros_like(mask), scale, event)
         if differs or self.present:
             self._blend(norm, mask, changed)
         else:   # nothing hidden: rebase the reference on the frame's exposure
@@ -168,8 +166,8 @@ class SceneModel:
             self._blend(small, mask, changed)
             self._learn_noise(small, prev * gain if prev is not None else None)
         box = None if box_small is None else _scale_box(box_small, scale, image.shape)
-        return SceneState(present=self.present, differs=differs, area=area, box=box, motion=motion,
-                          mask=mask, scale=scale, event="", small=norm)
+        return SceneState(present=self.present, differs=differs, area=area, box=box, mask=mask,
+                          scale=scale, event="", small=norm)
 
     # ------------------------------------------------------------------ pieces
     def _shrink(self, image: np.ndarray) -> tuple[np.ndarray, float]:
@@ -249,8 +247,8 @@ class SceneModel:
             self._prev = small
             self._still = 0
             self.relearns += 1
-            return self._state(False, area, None, 0.0, mask, scale, "relearnt")
-        return self._state(False, area, None, 0.0, mask, scale, "scene_change")
+            return self._state(False, area, None, mask, scale, "relearnt")
+        return self._state(False, area, None, mask, scale, "scene_change")
 
     def _reset_change(self) -> None:
         self._changed_since = None
@@ -281,10 +279,11 @@ class SceneModel:
         d = _channel_max(np.abs(norm / gain - old))[mask > 0]
         return bool(np.mean(d <= thr) >= 0.8)
 
-    def _state(self, present: bool, area: float, box: Box | None, motion: float,
-               mask: np.ndarray, scale: float, event: str, differs: bool = False) -> SceneState:
-        return SceneState(present=present, differs=differs, area=area, box=box, motion=motion,
-                          mask=mask, scale=scale, event=event)
+    @staticmethod
+    def _state(present: bool, area: float, box: Box | None, mask: np.ndarray, scale: float,
+               event: str) -> SceneState:
+        return SceneState(present=present, differs=False, area=area, box=box, mask=mask,
+                          scale=scale, event=event)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -344,13 +343,6 @@ def _foreground_box(mask: np.ndarray, min_blob: float) -> tuple[Box | None, floa
     x1 = int((s[:, 0] + s[:, 2]).max())
     y1 = int((s[:, 1] + s[:, 3]).max())
     return (x0, y0, x1 - x0, y1 - y0), float(areas.max()) / mask.size
-
-
-def _box_mean(img: np.ndarray, box: Box | None) -> float:
-    if box is None:
-        return float(img.mean())
-    x, y, w, h = box
-    return float(img[y:y + h, x:x + w].mean())
 
 
 def _scale_box(box: Box, scale: float, shape: tuple[int, ...]) -> Box:
