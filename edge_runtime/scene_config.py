@@ -47,7 +47,7 @@ class CropConfig(_Section):
     """What the encoder sees: the foreground box, squared, per margin one view."""
 
     margins: list[float] = Field(
-        [-0.15], min_length=1, max_length=5,
+        [-0.1], min_length=1, max_length=5,
         description="fractions of the box's longer side added on each side (negative: the "
         "middle of the box); several: one view each, embeddings averaged")
 
