@@ -100,7 +100,7 @@ def build_presenter(cfg: KioskConfig) -> Any:
     cv2.setNumThreads(1)
     d = cfg.decision
     params = PresentationParams(
-        margin=d.margin, min_views=d.min_views, max_views=d.max_views, leave_margin=d.leave_margin,
+        lead=d.lead, min_views=d.min_views, max_views=d.max_views, leave_lead=d.leave_lead,
         stable_shift=d.stable_shift, sharp_ratio=d.sharp_ratio, swap_frames=d.swap_frames,
         swap_corr=d.swap_corr, steady_corr=d.steady_corr, cooldown_s=d.cooldown_s)
     return Presenter(SceneModel(cfg.presence.params()), params, tuple(cfg.crop.margins),

@@ -89,13 +89,15 @@ class DecisionConfig(_Section):
     threshold: float | None = Field(None, ge=-1.0, le=1.0,
                                     description="cosine below which a frame is 'no match'; "
                                     "default: the bundle's search.threshold")
-    margin: float = Field(0.02, ge=0.0, le=2.0, description="top-1 minus top-2 score needed")
+    lead: float = Field(0.2, ge=0.0, le=1.0,
+                        description="the best item's lead over the next, as a fraction of the "
+                        "spread of the ten best scores: (s1 - s2) / (s1 - s10)")
     min_views: int = Field(3, ge=1, le=1000,
                            description="steady views aggregated before an early decision")
     max_views: int = Field(30, ge=1, le=10000,
                            description="views encoded without a decision before waiting for motion")
-    leave_margin: float = Field(0.02, ge=0.0, le=2.0,
-                                description="margin for the decision when the product leaves first")
+    leave_lead: float = Field(0.2, ge=0.0, le=1.0,
+                              description="lead for the decision when the product leaves first")
     stable_shift: float = Field(0.05, gt=0.0, le=1.0,
                                 description="box movement per frame (fraction of its size) that is steady")
     steady_corr: float = Field(0.8, ge=-1.0, le=1.0,
@@ -103,6 +105,8 @@ class DecisionConfig(_Section):
     sharp_ratio: float = Field(0.5, ge=0.0, le=1.0,
                                description="views less sharp than this x the sharpest are not used")
     swap_frames: int = Field(6, ge=1, le=1000, description="moving frames that open a swap check")
+    margin: float = Field(0.02, ge=0.0, le=2.0,
+                          description="presence off only: top-1 minus top-2 cosine needed per frame")
     swap_corr: float = Field(0.6, ge=-1.0, le=1.0,
                              description="a view less like the decided one than this opens a swap check")
     window: int = Field(8, ge=1, le=1000, description="frames looked at for a decision")

@@ -78,7 +78,9 @@ class Presenter:
         self.tracker.reset()
 
     def _search(self, vec: np.ndarray) -> list[Any]:
-        self._last = tuple(self._matcher.search(vec[None], top_k=self.top_k)[0])
+        """Ranked items for an aggregate: at least ten, for the tracker's lead
+        (events list ``top_k`` of them)."""
+        self._last = tuple(self._matcher.search(vec[None], top_k=max(self.top_k, 10))[0])
         return list(self._last)
 
     def _signature(self, st: SceneState, shape: tuple[int, ...]) -> np.ndarray:

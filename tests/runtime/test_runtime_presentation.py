@@ -16,7 +16,7 @@ FPS = 30.0
 DIM = 16
 ITEMS = ["A", "B", "C", "_background"]
 PROTO = {k: np.eye(DIM, dtype=np.float32)[i] for i, k in enumerate(ITEMS)}
-P = PresentationParams(threshold=0.5, margin=0.1, min_views=3, leave_margin=0.05, cooldown_s=0.5)
+P = PresentationParams(threshold=0.5, lead=0.3, min_views=3, leave_lead=0.1, cooldown_s=0.5)
 
 
 def search(vec: np.ndarray) -> list[Match]:
@@ -124,9 +124,10 @@ def test_unknown_product_publishes_no_event_and_is_counted():
 
 
 def test_unclear_view_is_decided_when_the_product_leaves():
-    """Never clear enough for an early decision (margin 0.1); at leave the
-    aggregate passes leave_margin: one event, resting on the last view used."""
-    params = PresentationParams(threshold=0.5, margin=0.5, min_views=3, leave_margin=0.05)
+    """Never clear enough for an early decision (lead 0.3: the view leads by
+    about 0.2 of the spread); at leave the aggregate passes leave_lead 0.1: one
+    event, resting on the last view used."""
+    params = PresentationParams(threshold=0.5, lead=0.3, min_views=3, leave_lead=0.1)
     ev, unk, _ = run(script(("move", 5), ("hold", 20, "A~B"), ("move", 10), ("empty", 5)), params)
     assert items(ev) == [("A", 24, "left")] and not unk
     assert ev[0].last_frame == 34
@@ -134,7 +135,7 @@ def test_unclear_view_is_decided_when_the_product_leaves():
 
 def test_blurred_views_leave_the_aggregate_when_sharp_ones_arrive():
     ev, _, emb = run(script(("move", 5), ("blur", 3, "B"), ("hold", 3, "A"), ("empty", 5)),
-                     PresentationParams(threshold=0.5, margin=0.1, min_views=6))
+                     PresentationParams(threshold=0.5, lead=0.3, min_views=6))
     assert items(ev) == [("A", 10, "left")]     # not enough sharp views for an early decision
     assert ev[0].frames_used == 3 and emb == [5, 6, 7, 8, 9, 10]   # the blurred ones dropped out
 
@@ -142,8 +143,8 @@ def test_blurred_views_leave_the_aggregate_when_sharp_ones_arrive():
 def test_latency_certainty_trade():
     """min_views 1 answers from the first steady view; more views answer later."""
     frames = script(("move", 5), ("hold", 40, "A"), ("empty", 5))
-    fast, _, _ = run(frames, PresentationParams(threshold=0.5, margin=0.1, min_views=1))
-    slow, _, _ = run(frames, PresentationParams(threshold=0.5, margin=0.1, min_views=8))
+    fast, _, _ = run(frames, PresentationParams(threshold=0.5, lead=0.3, min_views=1))
+    slow, _, _ = run(frames, PresentationParams(threshold=0.5, lead=0.3, min_views=8))
     assert items(fast) == [("A", 5, "confident")] and items(slow) == [("A", 12, "confident")]
 
 
