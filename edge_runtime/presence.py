@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PresenceParams", "SceneState", "SceneModel", "Box"]
+__all__ = ["PresenceParams", "SceneState", "SceneModel", "Box", "trim_arm"]
 
 Box = tuple[int, int, int, int]   # x, y, w, h in the caller's image coordinates
 
@@ -153,6 +153,8 @@ class SceneModel:
             return self._state(False, 0.0, None, np.zeros_like(mask), scale, "restored")
 
         box_small, largest = _foreground_box(mask, self.p.min_blob)
+        if box_small is not None:
+            box_small = trim_arm(mask, box_small)
         differs = largest >= self.p.min_area
         self._debounce(differs)
         event = self._maybe_absorb(norm, differs, t)
@@ -343,6 +345,30 @@ def _foreground_box(mask: np.ndarray, min_blob: float) -> tuple[Box | None, floa
     x1 = int((s[:, 0] + s[:, 2]).max())
     y1 = int((s[:, 1] + s[:, 3]).max())
     return (x0, y0, x1 - x0, y1 - y0), float(areas.max()) / mask.size
+
+
+def trim_arm(mask: np.ndarray, box: Box, keep: float = 0.5) -> Box:
+    """The box without the arm that holds the product: where the foreground
+    reaches a border of the view, its rows (or columns) narrower than ``keep``
+    of the widest one at that end are cut off (an arm is narrower than what
+    it holds). Without an arm, or a product as narrow as the arm, nothing changes."""
+    x, y, w, h = box
+    H, W = mask.shape[:2]
+    sub = mask[y:y + h, x:x + w] > 0
+    if y + h >= H or y <= 0:        # touches the bottom or top: trim rows
+        width = sub.sum(axis=1)
+        ok = np.flatnonzero(width >= keep * width.max())
+        top = int(ok[0]) if y <= 0 else 0
+        bottom = int(ok[-1]) + 1 if y + h >= H else h
+        y, h = y + top, max(1, bottom - top)
+        sub = sub[top:bottom]
+    if x + w >= W or x <= 0:        # touches the right or left: trim columns
+        height = sub.sum(axis=0)
+        ok = np.flatnonzero(height >= keep * height.max())
+        left = int(ok[0]) if x <= 0 else 0
+        right = int(ok[-1]) + 1 if x + w >= W else w
+        x, w = x + left, max(1, right - left)
+    return x, y, w, h
 
 
 def _scale_box(box: Box, scale: float, shape: tuple[int, ...]) -> Box:

@@ -55,6 +55,12 @@ import numpy as np
 
 from edge_runtime.decision import is_reserved
 
+# A swap needs the new views to name another item with confidence *and* to put
+# the decided item at least SWAP_GAP of the spread of the ten best scores
+# behind it: a product turned, or half lowered out of view, often names a
+# neighbour but keeps itself close behind.
+SWAP_GAP = 0.5
+
 __all__ = ["PresentationParams", "FrameObs", "Outcome", "PresentationTracker", "box_shift",
            "signature"]
 
@@ -260,8 +266,8 @@ class PresentationTracker:
                 c.used.extend(phase)
                 c.max_sharp = max(c.max_sharp, c.phase_sharp)
             return self._try_decide(c, obs)
-        if item is None or item == c.decided:
-            c.signature = obs.signature   # the same product, seen anew
+        if item is None or item == c.decided or not _far_behind(matches, c.decided):
+            c.signature = obs.signature   # the same product, seen anew (or half out of view)
             return []
         # Swapped for another product without the counter emptying.
         self._last_item, self._last_end = c.decided, obs.t
@@ -305,13 +311,14 @@ class PresentationTracker:
 
 
 def box_shift(prev: tuple[int, int, int, int] | None, box: tuple[int, int, int, int] | None) -> float:
-    """How far a box's edges moved since the previous frame, as a fraction of its
-    longer side (inf when either is missing)."""
+    """How far a box's edges moved since the previous frame, each as a fraction of
+    the box's size along it (inf when either is missing)."""
     if prev is None or box is None:
         return float("inf")
     x, y, w, h = box
     a, b, c, d = prev
-    return max(abs(x - a), abs(y - b), abs(x + w - a - c), abs(y + h - b - d)) / max(w, h, 1)
+    return max(max(abs(x - a), abs(x + w - a - c)) / max(w, 1),
+               max(abs(y - b), abs(y + h - b - d)) / max(h, 1))
 
 
 def signature(view: np.ndarray, side: int = 8) -> np.ndarray:
@@ -322,6 +329,17 @@ def signature(view: np.ndarray, side: int = 8) -> np.ndarray:
     t = cv2.resize(view, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
     t -= t.mean()
     return _unit(t)
+
+
+def _far_behind(matches: Sequence[Any], item: str | None) -> bool:
+    """``item`` trails the best match by at least SWAP_GAP of the spread of the
+    (up to) ten best scores, or is not among them."""
+    ranked = list(matches[:10])
+    mine = next((m for m in ranked if m.item_id == item), None)
+    if mine is None:
+        return True
+    spread = ranked[0].score - ranked[-1].score
+    return spread > 0 and ranked[0].score - mine.score >= SWAP_GAP * spread
 
 
 def _differs(sig: Any, ref: Any, min_corr: float) -> bool:

@@ -5,7 +5,8 @@ For every frame (inside the optional ``[roi]``, the counter area):
 1. the scene model (presence.py) says whether something is on the counter
    and where; an empty counter costs about a millisecond and nothing else;
 2. when something is there, the crops around its box (framing.py) are cut;
-   the view is *steady* when the box moved less than ``stable_shift`` and a
+   the view is *steady* when the box moved less than ``stable_shift`` (and
+   less than twice that over the last ``STEADY_SPAN`` frames) and a
    tiny thumbnail of the view correlates at least ``steady_corr`` with the
    previous frame's (it is not sliding, turning or being swapped); steady
    views get their sharpness measured;
@@ -20,6 +21,7 @@ the encoder. ``FrameInfo`` carries what the preview draws.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,7 +38,9 @@ from edge_runtime.presentation import (
     signature,
 )
 
-__all__ = ["Presenter", "FrameInfo"]
+__all__ = ["Presenter", "FrameInfo", "STEADY_SPAN"]
+
+STEADY_SPAN = 3   # frames over which a steady box may move at most twice stable_shift
 
 
 @dataclass
@@ -67,7 +71,7 @@ class Presenter:
         self._matcher: Any = None
         self._last: tuple[Any, ...] = ()
         self.tracker = PresentationTracker(params, self._search)
-        self._prev_box: Box | None = None
+        self._boxes: deque[Box] = deque(maxlen=STEADY_SPAN + 1)   # the last boxes, oldest first
         self._prev_sig: np.ndarray | None = None
         self.encoded_frames = 0
 
@@ -82,6 +86,16 @@ class Presenter:
         (events list ``top_k`` of them)."""
         self._last = tuple(self._matcher.search(vec[None], top_k=max(self.top_k, 10))[0])
         return list(self._last)
+
+    def _steady(self, box: Box | None) -> bool:
+        """The box moved less than ``stable_shift`` since the last frame, and less
+        than twice that over the last ``STEADY_SPAN`` frames: a shake averages
+        out, a product sliding in or coming closer does not."""
+        if box is None or not self._boxes:
+            return False
+        limit = self.tracker.p.stable_shift
+        return (box_shift(self._boxes[-1], box) <= limit
+                and box_shift(self._boxes[0], box) <= 2 * limit)
 
     def _signature(self, st: SceneState, shape: tuple[int, ...]) -> np.ndarray:
         """The thumbnail of the innermost view, cut from the scene model's small,
@@ -109,8 +123,13 @@ class Presenter:
             if self._prev_sig is not None:
                 corr = float(np.dot(sig, self._prev_sig))
         p = self.tracker.p
-        stable = (box_shift(self._prev_box, st.box) <= p.stable_shift and corr >= p.steady_corr)
-        self._prev_box, self._prev_sig = (st.box, sig) if st.present else (None, None)
+        stable = self._steady(st.box) and corr >= p.steady_corr
+        if st.present and st.box is not None:
+            self._boxes.append(st.box)
+            self._prev_sig = sig
+        else:
+            self._boxes.clear()
+            self._prev_sig = None
         if stable:
             sharp = sharpness(views[0])
             h, w = image.shape[:2]

@@ -53,3 +53,23 @@ def test_sharpness_drops_with_blur():
     img = product(side=120)
     assert sharpness(cv2.GaussianBlur(img, (0, 0), 3)) < 0.3 * sharpness(img)
     assert W > 0 and H > 0
+
+
+@pytest.mark.parametrize("side", ["bottom", "left"])
+def test_the_arm_holding_the_product_is_trimmed_off(side):
+    """A hand-held product: the arm reaches the border of the view; the box is
+    the product's, not product plus arm."""
+    import cv2
+
+    bg, item = counter(), product(side=80)
+    rng = np.random.default_rng(1)
+    m = SceneModel()
+    for i in range(10):
+        m.update(frame(bg, rng=rng), i / 30)
+    img = frame(bg, rng=rng, item=item, at=(120, 60))
+    if side == "bottom":
+        cv2.rectangle(img, (150, 140), (172, H), (120, 150, 205), -1)    # the arm, 22 px wide
+    else:
+        cv2.rectangle(img, (0, 90), (120, 110), (120, 150, 205), -1)
+    states = [m.update(img, (10 + i) / 30) for i in range(3)]
+    assert iou(states[-1].box, (120, 60, 80, 80)) > 0.8, states[-1].box

@@ -26,13 +26,14 @@ def search(vec: np.ndarray) -> list[Match]:
 
 def view(what: str | None, rng: np.random.Generator) -> np.ndarray:
     """A view's embedding: 'A', 'B', ...; 'A~B' between the two, nearer A
-    (unclear); 'X' an unknown product (near no catalogue item)."""
+    (unclear); 'A-B' clearly A with B behind (a half-hidden B looking like A);
+    'X' an unknown product (near no catalogue item)."""
     if what == "X":
         v = np.zeros(DIM, np.float32)
         v[10:] = 1.0
-    elif "~" in what:
-        a, b = what.split("~")
-        v = PROTO[a] + 0.8 * PROTO[b]
+    elif "~" in what or "-" in what:
+        a, b = what.replace("-", "~").split("~")
+        v = PROTO[a] + (0.8 if "~" in what else 0.5) * PROTO[b]
     else:
         v = PROTO[what].copy()
     v = v + rng.normal(0, 0.05, DIM).astype(np.float32)
@@ -55,7 +56,8 @@ def run(frames: list[tuple], params: PresentationParams = P, seed: int = 0):
     events, unknown, embedded = [], [], []
     for i, (kind, what) in enumerate(frames):
         present = kind != "empty"
-        sig = None if what is None else np.asarray(PROTO[what.split("~")[0] if what != "X" else "C"])
+        sig = None if what is None else np.asarray(
+            PROTO[what.replace("-", "~").split("~")[0] if what != "X" else "C"])
         obs = FrameObs(index=i, t=i / FPS, present=present, stable=kind in ("hold", "blur"),
                        sharpness=10.0 if kind == "blur" else 100.0, signature=sig)
 
@@ -96,6 +98,10 @@ def test_empty_counter_and_moving_views_encode_nothing():
     # swapped in place: the view changes at once (thumbnail), no motion in between
     (script(("move", 5), ("hold", 40, "A"), ("hold", 40, "B"), ("empty", 5)),
      [("A", 7, "confident"), ("B", 47, "swap")]),
+    # half lowered out of view: the view names a neighbour, the product close behind
+    (script(("move", 5), ("hold", 40, "A"), ("move", 8), ("hold", 20, "B-A"), ("move", 8),
+            ("hold", 20, "A"), ("empty", 5)),
+     [("A", 7, "confident")]),
     # turned around (moving) and held again: the same product, no second event
     (script(("move", 5), ("hold", 40, "A"), ("move", 10), ("hold", 40, "A"), ("empty", 5)),
      [("A", 7, "confident")]),
