@@ -1,34 +1,36 @@
-"""Runtime benchmark: the kiosk pipeline on the val clip, side by side.
+"""Runtime benchmark: the kiosk pipeline on a clip, as a new kiosk runs it.
 
     python bench/runtime.py --bundle BUNDLE [--run RUN_DIR] [--threads 2]
-    python bench/runtime.py --bundle BUNDLE --paced-frames 900     # shorter paced part
+    python bench/runtime.py --bundle BUNDLE --clip bench/clips/train-clip.mp4   # bench/make_clip.py
+    python bench/runtime.py --bundle BUNDLE --roi 200,100,240,240 --set crop.margins=[0.0]
 
 BUNDLE is a bundle indexed from the Grocery train split (item ids are folder
-paths like Fruit/Apple/Granny-Smith); the clip's csv gives class ids of
-classes.csv, mapped to item ids through each class's iconic-image path.
-Reported, in one run on this machine:
+paths like Fruit/Apple/Granny-Smith); the clip's csv gives the showings (class
+ids of classes.csv, or item ids). The runtime runs with the default kiosk
+configuration (no region of interest) unless ``--roi`` / ``--set key=value``
+change it. Reported, in one run on this machine:
 
 1. throughput, frames/s, the whole clip as fast as possible (decode in the
-   capture thread, encode + search + decision on the main thread);
+   capture thread, scene model, framing, encoder, search and decision on the
+   main thread), and the share of frames that were encoded;
 2. frame-to-publish latency p50/p99 with the clip paced at its 30 fps (as a
    camera would deliver it), and the frames the pipeline had to skip;
 3. the encoder alone: ONNX Runtime vs PyTorch eager with the same weights
    (``--run``: the trainer run the bundle was exported from), batch 1 and 8;
 4. the encoder's FLOPs per frame (counted from the ONNX graph) and the FLOP/s
    it reaches, against a large single-precision matrix multiply;
-5. event precision/recall against the ground truth (an event is right when
-   its top item is the product in view at its frame_index; a product segment
-   is found when it has at least one right event), for the default decision
-   settings and for embedding aggregation over k = 1, 3, 5 frames (replayed
-   on the same embeddings).
+5. events against the ground truth (bench/scoring.py: strict precision, one
+   right event per showing, recall, events on the empty counter, decision
+   latency from the start of the showing), for the default settings and for
+   the latency/certainty trade (``min_views`` x ``lead``) replayed on the
+   same recorded views.
 
-Results: bench/results/runtime.md and runtime.json.
+Results: bench/results/runtime-CLIPNAME.md and .json.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -42,122 +44,80 @@ sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 
 import numpy as np  # noqa: E402
-
-# ------------------------------------------------------------------ ground truth
-
-def class_items(classes_csv: Path) -> dict[int, str]:
-    """Fine class id -> item id (the folder path of its iconic image)."""
-    out = {}
-    with open(classes_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            iconic = row["Iconic Image Path (str)"].strip("/").split("/")
-            out[int(row["Class ID (int)"])] = "/".join(iconic[1:-1])
-    return out
-
-
-def load_segments(clip_csv: Path, classes_csv: Path) -> list[tuple[int, int, str]]:
-    items = class_items(classes_csv)
-    with open(clip_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    segs = []
-    for r in rows:
-        item = r.get("item_id") or items[int(r["class_id"])]
-        segs.append((int(r["start_frame"]), int(r["end_frame"]), item))
-    return segs
-
-
-def score_events(events: list[tuple[int, str]], segs: list[tuple[int, int, str]]) -> dict:
-    """Precision: events whose item is the one in view at their frame. Recall:
-    segments with at least one right event."""
-    def in_view(i: int) -> tuple[int, str] | None:
-        return next(((k, s[2]) for k, s in enumerate(segs) if s[0] <= i <= s[1]), None)
-
-    right, found = 0, set()
-    for frame, item in events:
-        hit = in_view(frame)
-        if hit is not None and hit[1] == item:
-            right += 1
-            found.add(hit[0])
-    n = len(events)
-    return {"events": n, "right": right, "precision": round(right / n, 3) if n else None,
-            "segments": len(segs), "found": len(found), "recall": round(len(found) / len(segs), 3)}
-
+from scoring import load_segments, record, replay, score_events  # noqa: E402
 
 # ------------------------------------------------------------------ pipeline runs
 
 class Sink:
-    """In-memory publisher: the pipeline hands events over exactly as to KioskMqtt."""
+    """In-memory publisher: the pipeline hands events over exactly as to KioskMqtt;
+    ``published`` records the frame being processed when each was sent."""
 
     def __init__(self) -> None:
         self.events: list[dict] = []
+        self.published: list[int] = []
+        self.pipeline = None
 
     def publish_json(self, subtopic: str, payload: dict, qos: int = 1, retain: bool = False) -> None:
-        self.events.append(payload)
+        if subtopic == "match":
+            self.events.append(payload)
+            self.published.append(self.pipeline.frames if self.pipeline is not None else -1)
 
 
-def run_pipeline(matcher, clip: Path, *, realtime: bool, max_frames: int | None,
-                 max_batch: int, aggregate: int, roi=None, publisher=None) -> dict:
-    from edge_runtime.config import DecisionConfig, SourceConfig
+def run_pipeline(matcher, clip: Path, cfg, *, realtime: bool, max_frames: int | None) -> dict:
+    """The kiosk's own pipeline (as edge-runtime run builds it) over the clip."""
+    from edge_runtime.cmd_run import build_presenter
+    from edge_runtime.config import SourceConfig
     from edge_runtime.decision import Decider, DecisionParams
     from edge_runtime.pipeline import Pipeline, PipelineOptions
     from edge_runtime.sources import open_source
 
-    d = DecisionConfig(aggregate=aggregate)
+    d = cfg.decision
+    roi = (cfg.roi.x, cfg.roi.y, cfg.roi.w, cfg.roi.h) if cfg.roi.enabled else None
     src = open_source(SourceConfig(uri=str(clip), realtime=realtime))
-    sink = publisher or Sink()
+    sink = Sink()
+    presenter = build_presenter(cfg)
     p = Pipeline(src, matcher, Decider(DecisionParams(
         threshold=matcher.threshold, margin=d.margin, window=d.window, min_frames=d.min_frames,
-        cooldown_s=d.cooldown_s)), sink, PipelineOptions(kiosk_id="bench", camera_id="val",
-        top_k=d.top_k, max_batch=max_batch, aggregate=aggregate, roi=roi))
+        cooldown_s=d.cooldown_s)), sink, PipelineOptions(
+        kiosk_id="bench", camera_id="val", top_k=d.top_k, max_batch=cfg.backend.max_batch,
+        aggregate=d.aggregate, roi=roi, threshold=d.threshold), presenter=presenter)
+    sink.pipeline = p
     src.start()
     t0 = time.perf_counter()
     p.run(threading.Event(), max_frames)
     wall = time.perf_counter() - t0
     src.stop()
     lat = np.asarray(p.stats.latencies())
-    events = [(e["frame_index"], e["item_id"]) for e in getattr(sink, "events", [])]
+    events = [(e["frame_index"], e["item_id"]) for e in sink.events]
+    encoded = presenter.encoded_frames if presenter is not None else p.frames
     return {"frames": p.frames, "wall_s": round(wall, 2), "fps": round(p.frames / wall, 1),
+            "encoded_frames": encoded,
             "latency_ms_p50": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
             "latency_ms_p99": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
-            "dropped_frames": src.dropped, "events": events}
+            "dropped_frames": src.dropped, "unknown_presentations": p.stats.unknowns,
+            "events": events, "published": sink.published}
 
 
-def clip_embeddings(matcher, clip: Path, roi=None, batch: int = 8) -> np.ndarray:
-    """Every frame's embedding, for replaying decision variants."""
-    import cv2
+def trade_off(matcher, clip: Path, cfg, segs) -> dict:
+    """Latency against certainty: the tracker replayed on the same recorded views
+    for min_views x lead (the other settings as configured)."""
+    from dataclasses import replace
 
-    from edge_runtime.sources import crop_roi
+    from edge_runtime.cmd_run import build_presenter
 
-    cap = cv2.VideoCapture(str(clip))
-    out, buf = [], []
-    while True:
-        ok, img = cap.read()
-        if ok:
-            buf.append(crop_roi(img, roi))
-        if buf and (len(buf) == batch or not ok):
-            out.append(matcher.encode(buf))
-            buf = []
-        if not ok:
-            break
-    cap.release()
-    return np.concatenate(out)
-
-
-def replay(matcher, emb: np.ndarray, aggregate: int, fps: float = 30.0) -> list[tuple[int, str]]:
-    from edge_runtime.config import DecisionConfig
-    from edge_runtime.decision import Decider, DecisionParams, EmbeddingWindow
-
-    d = DecisionConfig(aggregate=aggregate)
-    dec = Decider(DecisionParams(threshold=matcher.threshold, margin=d.margin, window=d.window,
-                                 min_frames=d.min_frames, cooldown_s=d.cooldown_s))
-    win = EmbeddingWindow(aggregate)
-    agg = np.stack([win.push(e) for e in emb])
-    events = []
-    for i, matches in enumerate(matcher.search(agg, top_k=d.top_k)):
-        ev = dec.update(matches, i / fps)
-        if ev is not None:
-            events.append((i, ev.item_id))
-    return events
+    base = build_presenter(cfg).tracker.p
+    base = replace(base, threshold=float(cfg.decision.threshold if cfg.decision.threshold
+                                         is not None else matcher.threshold))
+    frames = record(matcher, clip, cfg)
+    out = {}
+    for min_views in (1, 2, 3, 5, 8):
+        for lead in (0.0, 0.1, 0.2, 0.3):
+            params = replace(base, min_views=min_views, lead=lead, leave_lead=lead)
+            events, published, unknown, used = replay(matcher, frames, params)
+            r = score_events(events, segs, published)
+            r.update({"unknown": unknown, "views_encoded": used})
+            out[f"min_views={min_views} lead={lead}"] = r
+    return out
 
 
 # ------------------------------------------------------------------ encoder alone
@@ -258,6 +218,24 @@ def sgemm_gflops(n: int = 2048) -> float:
 
 # ------------------------------------------------------------------ main
 
+def kiosk_config(roi: str, overrides: list[str]):
+    """The default kiosk configuration, with an optional ROI and key=value overrides
+    (values parsed as JSON where they are JSON: numbers, lists, booleans)."""
+    from edge_runtime.config import KioskConfig, apply_overrides
+
+    over: dict = {}
+    if roi != "none":
+        x, y, w, h = (int(v) for v in roi.split(","))
+        over.update({"roi.x": x, "roi.y": y, "roi.w": w, "roi.h": h})
+    for item in overrides:
+        key, _, value = item.partition("=")
+        try:
+            over[key] = json.loads(value)
+        except ValueError:
+            over[key] = value
+    return apply_overrides(KioskConfig(), over)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, required=True)
@@ -268,9 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-batch", type=int, default=4)
     ap.add_argument("--paced-frames", type=int, default=None, help="limit the 30 fps part")
-    ap.add_argument("--roi", default="200,100,240,240",
-                    help="x,y,w,h cropped from every frame (default: the counter spot of the "
-                    "640x480 kiosk clip, sample/kiosk.toml's ROI at this size), or 'none'")
+    ap.add_argument("--roi", default="none",
+                    help="x,y,w,h: an outer region of interest (default none, as a new kiosk)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a kiosk.toml override, e.g. decision.min_views=5 or crop.margins=[0.1]")
+    ap.add_argument("--no-trade-off", action="store_true", help="skip the min_views x lead replay")
+    ap.add_argument("--accuracy-only", action="store_true",
+                    help="events only: skip the paced run and the encoder timings (no need for "
+                    "/tmp/bench.lock; the throughput figure is then not a measurement)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -279,53 +262,62 @@ def main(argv: list[str] | None = None) -> int:
     from edge_runtime.matcher import Matcher
     from models.bundle import read_manifest
 
-    roi = None if args.roi == "none" else tuple(int(v) for v in args.roi.split(","))
+    cfg = kiosk_config(args.roi, args.set)
     clip_csv = args.csv or args.clip.with_suffix(".csv")
     segs = load_segments(clip_csv, args.classes)
     m = read_manifest(args.bundle)
     encoder = open_encoder(args.bundle, m, "onnxruntime", threads=args.threads,
                            max_batch=max(8, args.max_batch))
-    matcher = Matcher.open(args.bundle, encoder=encoder)
+    matcher = Matcher.open(args.bundle, encoder=encoder, threshold=cfg.decision.threshold)
     known = {i for i, _ in matcher.items}
-    missing = sorted({s[2] for s in segs} - known)
+    missing = sorted({s[2] for s in segs if s[2] is not None} - known)
 
     print("throughput (as fast as possible)...", flush=True)
-    fast = run_pipeline(matcher, args.clip, realtime=False, max_frames=None,
-                        max_batch=args.max_batch, aggregate=3, roi=roi)
-    print(f"  {fast['fps']} fps; paced at 30 fps...", flush=True)
-    paced = run_pipeline(matcher, args.clip, realtime=True, max_frames=args.paced_frames,
-                         max_batch=args.max_batch, aggregate=3, roi=roi)
-    print(f"  p99 {paced['latency_ms_p99']} ms; encoder alone...", flush=True)
-    speeds = encoder_speeds(args.bundle, m, args.run, args.threads)
+    fast = run_pipeline(matcher, args.clip, cfg, realtime=False, max_frames=None)
     flops = onnx_flops(args.bundle / m.encoder.file)
-    gemm = sgemm_gflops()
-    print("  accuracy replay...", flush=True)
-    emb = clip_embeddings(matcher, args.clip, roi)
-    variants = {f"aggregate={k}": score_events(replay(matcher, emb, k), segs) for k in (1, 3, 5)}
+    if args.accuracy_only:
+        paced = {k: None for k in ("frames", "latency_ms_p50", "latency_ms_p99", "dropped_frames")}
+        speeds: dict = {"ort": "not measured (--accuracy-only)", "torch": "not measured"}
+        gemm = float("nan")
+    else:
+        print(f"  {fast['fps']} fps; paced at 30 fps...", flush=True)
+        paced = run_pipeline(matcher, args.clip, cfg, realtime=True, max_frames=args.paced_frames)
+        print(f"  p99 {paced['latency_ms_p99']} ms; encoder alone...", flush=True)
+        speeds = encoder_speeds(args.bundle, m, args.run, args.threads)
+        gemm = sgemm_gflops()
+    variants = {}
+    if not args.no_trade_off:
+        print("  latency/certainty replay...", flush=True)
+        variants = trade_off(matcher, args.clip, cfg, segs)
     matcher.close()
 
-    acc = score_events(fast["events"], segs)
-    ort1 = speeds["ort"][args.threads][1]
+    if args.accuracy_only:
+        fast["fps"] = f"{fast['fps']} (not a measurement: --accuracy-only)"
+    acc = score_events(fast["events"], segs, fast["published"])
+    acc["unknown_presentations"] = fast["unknown_presentations"]
+    ort1 = speeds["ort"][args.threads][1] if isinstance(speeds["ort"], dict) else float("nan")
     result = {
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "threads": args.threads},
         "bundle": {"path": str(args.bundle), "bundle_version": m.bundle_version,
                    "run_id": m.encoder.run_id, "input_px": m.input.size,
                    "embedding_size": m.embedding_size, "items": m.item_count,
-                   "vectors": m.index.n_vectors, "threshold": matcher.threshold, "roi": roi,
+                   "vectors": m.index.n_vectors, "threshold": matcher.threshold,
                    "clip_items_not_in_bundle": missing},
-        "throughput": {k: v for k, v in fast.items() if k != "events"},
-        "paced_30fps": {k: v for k, v in paced.items() if k != "events"},
+        "clip": str(args.clip), "settings": {"roi": args.roi, "set": args.set},
+        "throughput": {k: v for k, v in fast.items() if k not in ("events", "published")},
+        "paced_30fps": {k: v for k, v in paced.items() if k not in ("events", "published")},
         "encoder_ms_per_image": speeds,
         "flops": {"encoder_gflop_per_frame": round(flops / 1e9, 3),
                   "encoder_gflops_ort_b1": round(flops / (ort1 / 1000) / 1e9, 1),
                   "sgemm_gflops": round(gemm, 1)},
         "accuracy_default": acc,
-        "accuracy_by_aggregation": variants,
+        "trade_off": variants,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "runtime.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "runtime.md").write_text(markdown(result))
+    name = f"runtime-{args.clip.stem}-{m.encoder.run_id}"
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
     return 0
 
@@ -339,15 +331,17 @@ def markdown(r: dict) -> str:
             return table
         return "; ".join(f"{k} thr: {v[1]} ms (b1), {v[8]} ms/img (b8)" for k, v in table.items())
 
-    b = r["bundle"]
+    b, a = r["bundle"], r["accuracy_default"]
     lines = [
-        "# Runtime benchmark (bench/runtime.py)", "",
+        f"# Runtime benchmark (bench/runtime.py): {Path(r['clip']).name}", "",
         f"Machine: {r['machine']['cpu_count']} CPUs, {r['machine']['platform']}, {n} ONNX Runtime "
         f"threads in the pipeline. Bundle v{b['bundle_version']} (run {b['run_id']}, "
         f"{b['input_px']} px, {b['embedding_size']}-d, {b['items']} items, {b['vectors']} vectors, "
-        f"threshold {b['threshold']}), ROI {b['roi']}.", "",
+        f"threshold {b['threshold']}). Settings: defaults, ROI {r['settings']['roi']}"
+        + (f", {', '.join(r['settings']['set'])}" if r["settings"]["set"] else "") + ".", "",
         "| measure | value | target |", "|---|---|---|",
-        f"| throughput, as fast as possible | {t['fps']} frames/s ({t['frames']} frames) | >= 120 |",
+        f"| throughput, as fast as possible | {t['fps']} frames/s ({t['frames']} frames, "
+        f"{t['encoded_frames']} encoded) | >= 120 |",
         f"| frame-to-publish latency at 30 fps, p50 / p99 | {p['latency_ms_p50']} / "
         f"{p['latency_ms_p99']} ms ({p['frames']} frames, {p['dropped_frames']} skipped) | p99 < 30 ms |",
         f"| encoder, ONNX Runtime | {speed(s['ort'])} | |",
@@ -355,14 +349,22 @@ def markdown(r: dict) -> str:
         f"| encoder FLOPs per frame | {f['encoder_gflop_per_frame']} GFLOP | |",
         f"| encoder FLOP/s (ORT b1, {n} thr) vs sgemm | {f['encoder_gflops_ort_b1']} vs "
         f"{f['sgemm_gflops']} GFLOP/s | |",
+        f"| event precision / recall | {a['precision']} / {a['recall']} ({a['events']} events, "
+        f"{a['found']}/{a['showings']} products, {a['unknown_presentations']} unknown) | 0.95 / 0.90 |",
+        f"| events on the empty counter (outside any showing) | {a['empty_events']} "
+        f"({a['outside_events']}) | 0 |",
+        f"| decision latency from the start of the showing, p50 / p90 | "
+        f"{a.get('latency_ms_p50')} / {a.get('latency_ms_p90')} ms | |",
     ]
-    a = r["accuracy_default"]
-    lines += [f"| event precision / recall | {a['precision']} / {a['recall']} "
-              f"({a['events']} events, {a['found']}/{a['segments']} products) | 0.95 / 0.90 |", "",
-              "Decision replayed on the same embeddings, by embedding aggregation:", "",
-              "| variant | events | precision | recall |", "|---|---|---|---|"]
-    for name, v in r["accuracy_by_aggregation"].items():
-        lines.append(f"| {name} | {v['events']} | {v['precision']} | {v['recall']} |")
+    if r["trade_off"]:
+        lines += ["", "Latency against certainty, replayed on the same recorded views:", "",
+                  "| variant | events | precision | recall | empty (outside) | unknown | latency p50 / p90 ms | views encoded |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, v in r["trade_off"].items():
+            lines.append(f"| {name} | {v['events']} | {v['precision']} | {v['recall']} | "
+                         f"{v['empty_events']} ({v['outside_events']}) | {v['unknown']} | "
+                         f"{v.get('latency_ms_p50')} / "
+                         f"{v.get('latency_ms_p90')} | {v['views_encoded']} |")
     if s.get("warning"):
         lines += ["", f"Warning: {s['warning']}"]
     if b["clip_items_not_in_bundle"]:

@@ -2,10 +2,11 @@
 # `make demo`: the whole loop on the shipped sample, camera clip to MQTT events.
 #   1. a broker: $MQTT_URL if given, else a private Mosquitto on a free loopback port
 #   2. examples/subscriber.py, printing match events as they arrive
-#   3. edge-runtime run on sample/clip.mp4 with sample/bundle (ONNX Runtime on the CPU;
-#      sample/kiosk.toml sets the region of interest for the sample clip)
+#   3. edge-runtime run on sample/clip.mp4 with sample/bundle, as a new kiosk runs it: no
+#      configuration file, no region of interest (ONNX Runtime on the CPU)
 #   4. a summary: events received against the clip's ground truth (sample/clip.csv),
-#      and demo-out/preview.mp4: the clip with the region of interest and top matches drawn
+#      and demo-out/preview.mp4: the clip with the outline of what differs from the
+#      empty counter, the crop the encoder sees, the presentation state and the events
 # DEMO_TRAIN=1 first runs the workstation side on sample/catalogue (trainer fit,
 # eval on sample/queries, export, index; a few more minutes) and uses that bundle instead.
 # DEMO_REALTIME=0 plays the clip as fast as the CPU allows instead of at 30 fps;
@@ -107,7 +108,7 @@ EXTRA=()
 [ -n "${DEMO_MAX_FRAMES:-}" ] && EXTRA+=(--max-frames "$DEMO_MAX_FRAMES")
 START=$(date +%s)
 set +e
-edge-runtime run --config sample/kiosk.toml --source "$CLIP" --bundle "$BUNDLE" --broker "$BROKER" --kiosk-id "$KIOSK_ID" \
+edge-runtime run --source "$CLIP" --bundle "$BUNDLE" --broker "$BROKER" --kiosk-id "$KIOSK_ID" \
   --preview "$OUT/preview.mp4" --outbox "$OUT/outbox.sqlite" "${EXTRA[@]}" > "$OUT/runtime.log" 2>&1 &
 RUNTIME=$!
 PIDS+=("$RUNTIME")
@@ -126,4 +127,4 @@ say "summary"
 SUMMARY=()
 [ -n "${DEMO_MAX_FRAMES:-}" ] && SUMMARY+=(--frames "$DEMO_MAX_FRAMES")
 "$PY" -m deploy.demo_summary "$OUT/events.jsonl" "$TRUTH" "${SUMMARY[@]}"
-echo "what the kiosk saw (region of interest, top matches, events): $OUT/preview.mp4"
+echo "what the kiosk saw (foreground outline, the crop it encoded, presentation state, events): $OUT/preview.mp4"

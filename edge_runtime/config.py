@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from edge_runtime.scene_config import CropConfig, PresenceConfig, SnapshotConfig
 from edge_runtime.update.config import UpdateConfig
 from models.errors import ConfigError
 
@@ -56,7 +57,8 @@ class SourceConfig(_Section):
 
 
 class RoiConfig(_Section):
-    """Region of interest (the counter area) cropped from every frame; all 0 = whole frame."""
+    """Optional outer limit (the counter area) cropped from every frame; all 0 = whole
+    frame (the default: the scene model finds the product anywhere in view)."""
 
     x: int = Field(0, ge=0)
     y: int = Field(0, ge=0)
@@ -80,14 +82,36 @@ class BackendConfig(_Section):
 
 
 class DecisionConfig(_Section):
+    """One event per presentation (presentation.py); window, min_frames and
+    aggregate apply only with ``[presence] mode = "off"`` (decision.py)."""
+
     top_k: int = Field(5, ge=1, le=100)
     threshold: float | None = Field(None, ge=-1.0, le=1.0,
                                     description="cosine below which a frame is 'no match'; "
                                     "default: the bundle's search.threshold")
-    margin: float = Field(0.02, ge=0.0, le=2.0, description="top-1 minus top-2 score needed")
+    lead: float = Field(0.2, ge=0.0, le=1.0,
+                        description="the best item's lead over the next, as a fraction of the "
+                        "spread of the ten best scores: (s1 - s2) / (s1 - s10)")
+    min_views: int = Field(3, ge=1, le=1000,
+                           description="steady views aggregated before an early decision")
+    max_views: int = Field(30, ge=1, le=10000,
+                           description="views encoded without a decision before waiting for motion")
+    leave_lead: float = Field(0.2, ge=0.0, le=1.0,
+                              description="lead for the decision when the product leaves first")
+    stable_shift: float = Field(0.05, gt=0.0, le=1.0,
+                                description="box movement per frame (fraction of its size) that is steady")
+    steady_corr: float = Field(0.8, ge=-1.0, le=1.0,
+                               description="least thumbnail correlation with the previous frame that is steady")
+    sharp_ratio: float = Field(0.5, ge=0.0, le=1.0,
+                               description="views less sharp than this x the sharpest are not used")
+    swap_frames: int = Field(6, ge=1, le=1000, description="moving frames that open a swap check")
+    margin: float = Field(0.02, ge=0.0, le=2.0,
+                          description="presence off only: top-1 minus top-2 cosine needed per frame")
+    swap_corr: float = Field(0.6, ge=-1.0, le=1.0,
+                             description="a view less like the decided one than this opens a swap check")
     window: int = Field(8, ge=1, le=1000, description="frames looked at for a decision")
     min_frames: int = Field(5, ge=1, le=1000, description="frames in the window that must agree")
-    cooldown_s: float = Field(1.0, ge=0.0, le=86400,
+    cooldown_s: float = Field(0.5, ge=0.0, le=86400,
                               description="an item seen less than this long ago gives no new event")
     aggregate: int = Field(3, ge=1, le=64, description="mean of the last k embeddings is searched")
 
@@ -95,6 +119,8 @@ class DecisionConfig(_Section):
     def _frames_fit(self) -> DecisionConfig:
         if self.min_frames > self.window:
             raise ValueError("min_frames must not exceed window")
+        if self.min_views > self.max_views:
+            raise ValueError("min_views must not exceed max_views")
         return self
 
 
@@ -164,9 +190,12 @@ class KioskConfig(_Section):
     kiosk: KioskSection = KioskSection()
     source: SourceConfig = SourceConfig()
     roi: RoiConfig = RoiConfig()
+    presence: PresenceConfig = PresenceConfig()
+    crop: CropConfig = CropConfig()
     bundle: BundleConfig = BundleConfig()
     backend: BackendConfig = BackendConfig()
     decision: DecisionConfig = DecisionConfig()
+    snapshot: SnapshotConfig = SnapshotConfig()
     mqtt: MqttConfig = MqttConfig()
     metrics: MetricsConfig = MetricsConfig()
     update: UpdateConfig = UpdateConfig()

@@ -35,9 +35,12 @@ def matches_json(matches: Any, top_k: int | None = None) -> list[dict[str, Any]]
 def match_payload(*, kiosk_id: str, camera_id: str, frame_index: int, source_ts: float,
                   latency_ms: float, matches: Any, bundle_version: int, encoder_sha256: str,
                   backend: str, votes: int, held_s: float, top_k: int | None = None,
-                  event_id: str | None = None) -> dict[str, Any]:
-    """The kiosk.match/1 event. ``event_id`` is fixed once: retries carry the same id."""
-    return {
+                  event_id: str | None = None,
+                  presentation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The kiosk.match/1 event. ``event_id`` is fixed once: retries carry the same id.
+    ``presentation``: the showing it decides (number, first_frame, last_frame,
+    frames_used, reason), when the scene model runs."""
+    payload = {
         "schema": MATCH_SCHEMA,
         "event_id": event_id or str(uuid.uuid4()),
         "kiosk_id": kiosk_id,
@@ -54,6 +57,10 @@ def match_payload(*, kiosk_id: str, camera_id: str, frame_index: int, source_ts:
         "votes": int(votes),
         "held_s": round(float(held_s), 3),
     }
+    if presentation is not None:
+        payload["presentation"] = {k: (v if isinstance(v, str) else int(v))
+                                   for k, v in presentation.items()}
+    return payload
 
 
 def bundle_status(matcher: Any) -> dict[str, Any]:

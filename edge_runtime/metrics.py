@@ -35,6 +35,7 @@ class RuntimeStats:
         self._frame_times: deque[float] = deque(maxlen=window)
         self.frames = 0
         self.events = 0
+        self.unknowns = 0   # presentations that named no catalogue item
         self.started = clock()
 
     def frame(self, latency_ms: float) -> None:
@@ -47,6 +48,10 @@ class RuntimeStats:
         with self._lock:
             self.events += 1
             self._event_latency_ms.append(latency_ms)
+
+    def unknown(self) -> None:
+        with self._lock:
+            self.unknowns += 1
 
     def fps(self) -> float:
         with self._lock:
@@ -63,12 +68,13 @@ class RuntimeStats:
         with self._lock:
             lat = list(self._latency_ms)
             ev = list(self._event_latency_ms)
-            frames, events = self.frames, self.events
+            frames, events, unknowns = self.frames, self.events, self.unknowns
 
         def r(v: float | None) -> float | None:
             return None if v is None else round(v, 3)
 
         return {"fps": round(self.fps(), 2), "frames": frames, "events": events,
+                "unknown_presentations": unknowns,
                 "latency_ms_p50": r(percentile(lat, 50)), "latency_ms_p99": r(percentile(lat, 99)),
                 "event_latency_ms_p50": r(percentile(ev, 50)),
                 "event_latency_ms_p99": r(percentile(ev, 99)),

@@ -1,6 +1,9 @@
-"""An annotated preview video (``--preview out.mp4``): the ROI, the top matches
-of every frame, and a banner when an event fires. For setting up a kiosk's
-ROI and threshold by eye; written to a temp file and renamed at close."""
+"""An annotated preview video (``--preview out.mp4``), written to a temp file
+and renamed at close. With the scene model (the default, ``write_scene``): the
+outline of the foreground mask, the crop the encoder sees (green when the
+view is used, grey when it is skipped as moving or blurred), the presentation
+state, the current best matches and a banner when an event (or an unknown)
+is decided. Without it (``write``): the ROI, every frame's top matches, events."""
 
 from __future__ import annotations
 
@@ -28,17 +31,65 @@ class PreviewWriter:
         self._banner_text = ""
         self.frames = 0
 
-    def write(self, crop: np.ndarray, frame: Any, matches: Any, decision: Any,
-              present: str | None, threshold: float) -> None:
+    def _open(self, img: np.ndarray) -> None:
         import cv2
 
-        img = np.ascontiguousarray(frame.image).copy()
         if self._writer is None:
             h, w = img.shape[:2]
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"),
                                            self.fps, (w, h))
             self._size = (w, h)
+
+    def _emit(self, img: np.ndarray) -> None:
+        import cv2
+
+        if (img.shape[1], img.shape[0]) != self._size:
+            img = cv2.resize(img, self._size)
+        self._writer.write(img)
+        self.frames += 1
+
+    def write_scene(self, frame: Any, info: Any) -> None:
+        """One frame of the default runtime (``info``: presenter.FrameInfo)."""
+        import cv2
+
+        img = np.ascontiguousarray(frame.image).copy()
+        self._open(img)
+        ox, oy = info.offset
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        if self.roi is not None:
+            x, y, w, h = self.roi
+            cv2.rectangle(img, (x, y), (x + w, y + h), (255, 200, 0), 1)
+        st = info.scene
+        if st.mask is not None and st.mask.any():
+            contours, _ = cv2.findContours(st.mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            scaled = [np.round(c * st.scale).astype(np.int32) + (ox, oy) for c in contours]
+            cv2.drawContours(img, scaled, -1, (255, 0, 255), 2)
+        if info.crop_box is not None:
+            x, y, w, h = info.crop_box
+            colour = (0, 220, 0) if info.encoded else (160, 160, 160)
+            cv2.rectangle(img, (x + ox, y + oy), (x + ox + w, y + oy + h), colour, 2)
+        state = info.state + (f" [{st.event}]" if st.event else "")
+        cv2.putText(img, state, (8, 20), font, 0.5, (0, 255, 255), 1, cv2.LINE_AA)
+        for i, m in enumerate(list(info.matches)[:3]):
+            cv2.putText(img, f"{m.rank}. {m.item_id} {m.score:.2f}", (8, 40 + 18 * i), font, 0.45,
+                        (230, 230, 230), 1, cv2.LINE_AA)
+        for o in info.outcomes:
+            text = f"EVENT {o.item_id} ({o.reason}, {o.frames_used} views)" if o.kind == "match" \
+                else f"UNKNOWN ({o.frames_used} views)"
+            self._banner, self._banner_text = int(self.fps), text
+        if self._banner > 0:
+            self._banner -= 1
+            cv2.putText(img, self._banner_text, (8, img.shape[0] - 12), font, 0.6, (0, 255, 255), 2,
+                        cv2.LINE_AA)
+        self._emit(img)
+
+    def write(self, crop: np.ndarray, frame: Any, matches: Any, decision: Any,
+              present: str | None, threshold: float) -> None:
+        import cv2
+
+        img = np.ascontiguousarray(frame.image).copy()
+        self._open(img)
         if self.roi is not None:
             x, y, w, h = self.roi
             cv2.rectangle(img, (x, y), (x + w, y + h), (255, 200, 0), 2)
@@ -55,10 +106,7 @@ class PreviewWriter:
         elif present:
             cv2.putText(img, f"present: {present}", (8, img.shape[0] - 12),
                         cv2.FONT_HERSHEY_SIMPLEX, 0.5, (200, 200, 200), 1, cv2.LINE_AA)
-        if (img.shape[1], img.shape[0]) != self._size:
-            img = cv2.resize(img, self._size)
-        self._writer.write(img)
-        self.frames += 1
+        self._emit(img)
 
     def close(self) -> None:
         if self._writer is not None:

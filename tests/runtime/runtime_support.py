@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from support import Collector
 
-CLIP_W, CLIP_H, CLIP_FPS = 160, 120, 30.0
+CLIP_W, CLIP_H, CLIP_FPS = 320, 240, 30.0
 
 
 def write_pixel_encoder(path: Path, size: int = 32, pool: int = 8) -> int:
@@ -83,9 +83,12 @@ class Clip:
 
 
 def make_clip(path: Path, catalogue: Path, seed: int = 0) -> Clip:
-    """Empty counter, then products held still (with jitter and noise), a
-    direct change of product, a shaky segment alternating items every frame,
-    separated by empty frames; mp4v at 30 fps, decoded by OpenCV in the tests."""
+    """A kiosk view: an empty counter (a grey gradient with sensor noise), then
+    products (the catalogue's 120 px photos) held in the middle of the 320x240
+    frame with jitter, a direct change of product, a shaky segment alternating
+    items every frame, a product in no catalogue, a product lowered out of view
+    for a moment and raised again, separated by empty frames; mp4v at 30 fps,
+    decoded by OpenCV in the tests. Segments with item None must give no event."""
     import cv2
 
     rng = np.random.default_rng(seed)
@@ -93,22 +96,28 @@ def make_clip(path: Path, catalogue: Path, seed: int = 0) -> Clip:
     ids = [p.relative_to(catalogue).as_posix() for p in items]
     photos = [cv2.imread(str(sorted(p.glob("*.jpg"))[0])) for p in items]
 
+    counter = np.linspace(80, 110, CLIP_W, dtype=np.float32)[None, :, None] * np.ones((CLIP_H, 1, 3))
+
     def background() -> np.ndarray:
-        f = np.full((CLIP_H, CLIP_W, 3), 90, np.float32)
-        return np.clip(f + rng.normal(0, 4, f.shape), 0, 255).astype(np.uint8)
+        return np.clip(counter + rng.normal(0, 3, counter.shape), 0, 255).astype(np.uint8)
 
     def held(k: int) -> np.ndarray:
         f = background()
-        dx, dy = (int(v) for v in rng.integers(-3, 4, size=2))
-        ph = np.roll(photos[k], (dy, dx), axis=(0, 1))
-        x0 = (CLIP_W - ph.shape[1]) // 2
-        f[:, x0:x0 + ph.shape[1]] = ph[:CLIP_H]
+        ph = photos[k]
+        dx, dy = (int(v) for v in rng.integers(-1, 2, size=2))
+        x0, y0 = (CLIP_W - ph.shape[1]) // 2 + dx, (CLIP_H - ph.shape[0]) // 2 + dy
+        f[y0:y0 + ph.shape[0], x0:x0 + ph.shape[1]] = ph
         return f
 
+    unknown = rng.integers(0, 255, (40, 40, 3)).astype(np.uint8).repeat(3, 0).repeat(3, 1)
+    photos.append(unknown)   # a product that is in no catalogue: blocks of random colour
     plan: list[tuple[str, int, int | None]] = [
         ("empty", 20, None), ("item", 45, 0), ("empty", 20, None), ("item", 45, 1),
         ("empty", 20, None), ("item", 40, 2), ("item", 40, 3), ("empty", 20, None),
-        ("shaky", 30, None), ("empty", 20, None), ("item", 45, 0), ("empty", 15, None)]
+        ("shaky", 30, None), ("empty", 20, None), ("item", 45, 0), ("empty", 15, None),
+        ("unknown", 40, len(photos) - 1), ("empty", 20, None),
+        # lowered out of view for 6 frames (0.2 s) and raised again: one showing
+        ("item", 30, 1), ("empty", 6, None), ("item", 30, 1), ("empty", 15, None)]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), CLIP_FPS, (CLIP_W, CLIP_H))
     segments, n = [], 0
     for kind, count, k in plan:
@@ -116,14 +125,18 @@ def make_clip(path: Path, catalogue: Path, seed: int = 0) -> Clip:
         for i in range(count):
             if kind == "empty":
                 writer.write(background())
-            elif kind == "item":
+            elif kind in ("item", "unknown"):
                 writer.write(held(k))
             else:  # two items alternating every frame: an unclear view
                 writer.write(held(i % 2))
             n += 1
         if kind == "item":
-            segments.append(Segment(start, n - 1, ids[k]))
-        elif kind == "shaky":
+            last = segments[-1] if segments else None
+            if last is not None and last.item_id == ids[k] and start - last.end <= 7:
+                segments[-1] = Segment(last.start, n - 1, ids[k])   # raised again: the same showing
+            else:
+                segments.append(Segment(start, n - 1, ids[k]))
+        elif kind in ("shaky", "unknown"):
             segments.append(Segment(start, n - 1, None))
     writer.release()
     return Clip(path, n, tuple(segments))

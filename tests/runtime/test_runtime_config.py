@@ -71,6 +71,12 @@ def test_example_config_is_valid_and_documents_every_key():
     ('[mqtt]\nreconnect_max_s = 60\n', "mqtt.reconnect_max_s"),
     ('[mqtt]\noutbox_sync = "sometimes"\n', "mqtt.outbox_sync"),
     ('[mqtt]\ncert_file = "/c.pem"\n', "cert_file and key_file"),
+    ('[presence]\nmode = "maybe"\n', "presence.mode"),
+    ('[presence]\nscene_change = 0\n', "presence.scene_change"),
+    ('[crop]\nmargins = [2.0]\n', "crop: Value error, each margin"),
+    ('[crop]\nmargins = []\n', "crop.margins"),
+    ('[decision]\nmin_views = 40\nmax_views = 30\n', "decision"),
+    ('[snapshot]\nmax_bytes = 10\n', "snapshot.max_bytes"),
 ])
 def test_bad_config_names_the_key(tmp_path, toml, key):
     p = tmp_path / "kiosk.toml"

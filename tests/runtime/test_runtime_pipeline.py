@@ -23,7 +23,11 @@ from models.errors import ConfigError
 
 
 def kiosk_config(port: int, clip, bundle, kiosk_id: str, **extra):
+    """The test kiosk: defaults, except that the encoder is shown the
+    foreground box exactly (the pixel encoder compares pooled pixels, so a
+    view must be framed as the catalogue photo is)."""
     data = {"kiosk": {"id": kiosk_id, "camera_id": "cam-test"},
+            "crop": {"margins": [0.0]},
             "source": {"uri": str(clip.path)},
             "bundle": {"path": str(bundle)},
             "backend": {"kind": "auto", "threads": 1, "max_batch": 4},
@@ -66,14 +70,20 @@ def test_events_match_ground_truth(broker, shop_clip, pixel_bundle, validate_mes
         validate_message(topic, payload)   # every real message against docs/asyncapi.yaml
     events = unique_events([p for t, p in msgs if t == "kiosk/gt/match"])
     check_against_ground_truth(events, shop_clip)
+    assert not [t for t, _ in msgs if t.endswith("/snapshot")]   # snapshots are off by default
     e = events[0]
+    p = e["presentation"]
+    assert p["first_frame"] <= e["frame_index"] <= p["last_frame"] and p["frames_used"] >= 3
     assert e["kiosk_id"] == "gt" and e["camera_id"] == "cam-test" and e["bundle_version"] >= 1
     assert 0 <= e["latency_ms"] < 5000 and e["source_ts"] == pytest.approx(e["frame_index"] / 30, abs=1e-3)
+    assert [e["presentation"]["reason"] for e in events] == [
+        "confident", "confident", "confident", "swap", "confident", "confident"]
     final = [p for t, p in msgs if t == "kiosk/gt/status"][-1]
     assert final["online"] is False and final["reason"] == "ended" and final["source_state"] == "ended"
     assert final["backend"] == "onnxruntime"
     metrics = [p for t, p in msgs if t == "kiosk/gt/metrics"]
     assert metrics and metrics[-1]["frames"] == shop_clip.frames and metrics[-1]["dropped_frames"] == 0
+    assert metrics[-1]["unknown_presentations"] == 2   # the shaky view and the unknown product
 
 
 class BrokerOutage:
@@ -147,14 +157,25 @@ def test_preview_video_is_written(tmp_path, broker, shop_clip, pixel_bundle):
 
     out = tmp_path / "preview.mp4"
     cfg = kiosk_config(broker.port, shop_clip, pixel_bundle, "pv", preview={"path": str(out)},
-                       roi={"x": 10, "y": 0, "w": 140, "h": 120})
+                       roi={"x": 40, "y": 20, "w": 240, "h": 200})
     cfg = cfg.model_copy(update={"max_frames": 60})
     assert Kiosk(cfg).run(threading.Event()) == "max_frames"
     cap = cv2.VideoCapture(str(out))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    assert n == 60
+    frames = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        frames.append(img.astype(int))
+    assert len(frames) == 60
+
+    def near(img, bgr) -> int:
+        return int((np.abs(img - np.array(bgr)).max(axis=2) < 60).sum())
+    # The first product is held from frame 20: the mask outline (magenta) and
+    # the crop the encoder used (green) are drawn; on the empty counter neither.
+    assert near(frames[10], (255, 0, 255)) == 0 and near(frames[10], (0, 220, 0)) == 0
+    assert near(frames[22], (0, 220, 0)) > 100          # a view used, its crop in green
+    assert near(frames[40], (255, 0, 255)) > 100        # the foreground's outline
 
 
 def test_prometheus_endpoint_on_loopback():
@@ -238,3 +259,22 @@ def test_update_enabled_seeds_a_store_and_runs_from_it(tmp_path, broker, shop_cl
     assert kiosk.run(threading.Event()) == "max_frames"
     assert is_store(store)
     assert kiosk.pipeline.current_matcher.bundle_dir.resolve().is_relative_to(store.resolve())
+
+
+def test_presence_off_is_the_windowed_vote_over_whole_frames(broker, shop_clip, pixel_bundle):
+    """``[presence] mode = "off"``: every frame (inside the ROI) is encoded and
+    the windowed vote decides, as before the scene model (for stores that
+    index photos of their empty counter as a reserved ``_background`` item)."""
+    col = Collector(broker.port, ["kiosk/off/match"])
+    try:
+        cfg = kiosk_config(broker.port, shop_clip, pixel_bundle, "off", presence={"mode": "off"},
+                           roi={"x": 100, "y": 60, "w": 120, "h": 120})
+        kiosk = Kiosk(cfg)
+        assert kiosk.run(threading.Event()) == "ended"
+        col.wait_for(lambda m: False, timeout=0.5)
+    finally:
+        col.close()
+    assert kiosk.pipeline.presenter is None
+    events = unique_events([json.loads(p) for _, p, _ in col.messages])
+    assert "presentation" not in events[0]
+    check_against_ground_truth(events, shop_clip)

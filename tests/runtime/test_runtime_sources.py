@@ -42,7 +42,7 @@ def test_file_fast_delivers_every_frame_in_order(shop_clip):
     assert frames[30].source_ts == pytest.approx(1.0)
     assert frames[-1].t == pytest.approx((shop_clip.frames - 1) / 30.0)
     assert src.ended and src.state == "ended" and src.dropped == 0
-    assert frames[0].image.shape == (120, 160, 3)
+    assert frames[0].image.shape == (240, 320, 3)
 
 
 def test_file_realtime_is_paced_and_keeps_newest(shop_clip):

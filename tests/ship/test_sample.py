@@ -92,8 +92,9 @@ def test_sample_config_validates():
     from edge_runtime.config import load_config
 
     cfg = load_config(SAMPLE / "kiosk.toml")
-    assert cfg.roi.enabled
-    assert cfg.roi.x + cfg.roi.w <= 320 and cfg.roi.y + cfg.roi.h <= 240
+    # Nothing kiosk-specific: no region of interest, the scene model's defaults.
+    assert not cfg.roi.enabled and cfg.presence.mode == "scene"
+    assert (ROOT / cfg.source.uri).is_file() and (ROOT / cfg.bundle.path / "manifest.json").is_file()
 
 
 @pytest.mark.parametrize(("segs", "keep", "expect"), [
