@@ -17,7 +17,7 @@ BACKBONES = ("lite0", "scratch")
 # (TensorFlow's efficientnet/lite preprocessing): on Grocery Store photos of
 # ImageNet classes the reference network's top-1 is 0.76 with it and 0.61 with
 # the usual ImageNet mean/std.
-LITE0_INPUT = PreprocessSpec(size=128, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+LITE0_INPUT = PreprocessSpec(size=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
 SCRATCH_INPUT = PreprocessSpec(size=96)
 
 
