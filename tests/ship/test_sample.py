@@ -17,7 +17,8 @@ from models.images import read_image
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample"
-MAX_BYTES = 9 * 1024 * 1024
+# The INT8 Lite0 encoder is 4.5 MB of the total (fp32 would be 14 MB).
+MAX_BYTES = 11 * 1024 * 1024
 
 
 def _truth() -> list[dict]:
