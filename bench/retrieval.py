@@ -229,7 +229,7 @@ def main() -> int:
     from trainer.loop import autocast_dtype
 
     amp = autocast_dtype(torch.device("cpu"), "auto")
-    result = {"time": stamp, "minutes_per_run": a.minutes, "seed": a.seed, "cpu_count": os.cpu_count(),
+    result = {"time": stamp, "minutes_per_run": None if a.eval_run else a.minutes, "seed": a.seed, "cpu_count": os.cpu_count(),
               "cpu_flags": cpu_flags(), "torch": torch.__version__, "fit_args": a.fit_arg, "unseen": a.unseen,
               "training_precision": "bf16 autocast" if amp is torch.bfloat16 else "fp32",
               "load_avg_1m_end": os.getloadavg()[0], "train_images": len(qs.cats["train"]),
@@ -244,7 +244,9 @@ def main() -> int:
 def markdown(r: dict) -> str:
     flags = ", ".join(k for k, v in r.get("cpu_flags", {}).items() if v) or "unknown"
     lines = [f"Grocery Store val ({r['val_images']} photos) vs train gallery ({r['train_images']}), "
-             f"{r['minutes_per_run']:g} min training per run (seed {r['seed']}), {r['cpu_count']} CPU cores "
+             + (f"{r['minutes_per_run']:g} min training per run (seed {r['seed']}), "
+                if r.get("minutes_per_run") else "finished runs (--eval-run; epochs and img/s from their logs), ")
+             + f"{r['cpu_count']} CPU cores "
              f"(flags: {flags}; load {r['load_avg_1m_end']:.1f} at the end), training in "
              f"{r.get('training_precision', 'fp32')}"
              + (f", fit flags {' '.join(r['fit_args'])}" if r.get("fit_args") else "") + ".", "",

@@ -45,7 +45,7 @@ done
 
 if [ "${DEMO_TRAIN:-0}" = 1 ]; then
   say "workstation: train, evaluate, export and index on sample/catalogue"
-  trainer fit sample/catalogue --out "$OUT/run" --size 64 --width 16 --minutes "${DEMO_TRAIN_MINUTES:-3}" --seed 0
+  trainer fit sample/catalogue --out "$OUT/run" --epochs "${DEMO_TRAIN_EPOCHS:-6}" --seed 0
   trainer eval "$OUT/run" --gallery sample/catalogue --queries sample/queries \
     --sheet "$OUT/eval-sheet.png"
   trainer export "$OUT/run" --out "$OUT/bundle"
