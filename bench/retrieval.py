@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,10 @@ def figures(emb: dict[str, np.ndarray], qs: QuerySets) -> dict[str, float]:
     rep["iconic_recall@5"] = float(np.mean([a in r for a, r in zip(lab["val"], items, strict=True)]))
     rep["held_up_top1"] = float(np.mean(ranked_items(emb["held_up"] @ emb["train"].T, lab["train"], 1)[:, 0]
                                         == lab["held_up"]))
+    best = ranked_items(emb["val"] @ emb["train"].T, lab["train"], 1)[:, 0]
+    for top in sorted({str(i).split("/")[0] for i in lab["val"]}):
+        mask = np.array([str(i).split("/")[0] == top for i in lab["val"]])
+        rep[f"top1_{top}"] = float(np.mean(best[mask] == lab["val"][mask]))
     if qs.clip_groups is not None:
         e, g = emb["clip"], qs.clip_groups
         rep["clip_frame_top1"] = float(np.mean(ranked_items(e @ emb["train"].T, lab["train"], 1)[:, 0]
@@ -114,7 +119,10 @@ def figures(emb: dict[str, np.ndarray], qs: QuerySets) -> dict[str, float]:
         truth = np.array([lab["clip"][g == k][0] for k in np.unique(g)], dtype=object)
         rep["clip_presentation_top1"] = float(np.mean(ranked_items(means @ emb["train"].T, lab["train"], 1)[:, 0]
                                                       == truth))
-    return {k: round(float(v), 4) for k, v in rep.items()}
+    out: dict = {k: round(float(v), 4) for k, v in rep.items()}
+    wrong = Counter(f"{a} -> {b}" for a, b in zip(lab["val"], best, strict=True) if a != b)
+    out["confusions"] = wrong.most_common(8)
+    return out
 
 
 def unseen_figures(emb: dict[str, np.ndarray], qs: QuerySets, held: set[str]) -> dict[str, float]:
@@ -265,6 +273,11 @@ def markdown(r: dict) -> str:
             cells += [f(v, "unseen_top1"), f(v, "unseen_top5")]
         cells += [str(t.get("epochs", "")), str(t.get("img_per_s", ""))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, v in r["rows"].items():
+        cats = ", ".join(f"{k[5:]} {v[k]:.3f}" for k in sorted(v) if k.startswith("top1_"))
+        if cats:
+            lines += ["", f"{name}: val top-1 by category: {cats}; commonest confusions (val -> top-1): "
+                      + "; ".join(f"{c} ({n})" for c, n in v.get("confusions", []))]
     return "\n".join(lines) + "\n"
 
 
