@@ -93,7 +93,7 @@ def create_app(ctx: WebContext) -> Any:
     async def stream(request: Any) -> Any:
         async def frames() -> Any:
             with hub.watching():
-                seq = 0
+                seq = hub.fresh_after()
                 while not hub.closed:
                     got = await asyncio.to_thread(hub.wait_frame, seq, 1.0)
                     if got is None:
@@ -107,7 +107,7 @@ def create_app(ctx: WebContext) -> Any:
 
     async def frame(request: Any) -> Any:
         hub.poll()
-        got = await asyncio.to_thread(hub.latest_jpeg)
+        got = await asyncio.to_thread(hub.wait_frame, hub.fresh_after(), 1.0)
         if got is None:
             return Response(status_code=204, headers={"Cache-Control": "no-store"})
         return Response(got[1], media_type="image/jpeg", headers={"Cache-Control": "no-store"})

@@ -33,6 +33,7 @@ POLL_GRACE_S = 3.0   # a page polling /frame.jpg counts as a viewer this long af
 DARK_MEAN = 40.0     # mean grey level below which the view is "too dark"
 SMALL_AREA = 0.01    # a product box under this fraction of the view is "too small"
 BLUR_VAR = 30.0      # Laplacian variance of the crop below which it is "blurred"
+FRESH_S = 1.0        # a kept frame older than this is not shown to a new viewer
 BANNER_S = 2.0       # an event's banner stays this long on the live view
 
 
@@ -145,6 +146,14 @@ class LiveHub:
     def poll(self) -> None:
         """A page that polls single frames counts as a viewer for a while."""
         self._poll_until = self.clock() + POLL_GRACE_S
+
+    def fresh_after(self) -> int:
+        """The sequence number a new viewer waits after: just before the latest
+        kept frame when it is fresh, else the latest (what was kept for an
+        earlier viewer is not shown as live)."""
+        with self._cond:
+            fresh = self._latest is not None and self.clock() - self._last_take < FRESH_S
+            return self._seq - 1 if fresh else self._seq
 
     def wait_frame(self, after: int, timeout: float) -> tuple[int, bytes] | None:
         """The next kept frame after sequence number ``after``, drawn and

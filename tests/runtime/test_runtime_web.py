@@ -83,7 +83,9 @@ def test_hub_drops_frames_without_viewer_and_caps_the_rate():
         seq, jpeg = hub.wait_frame(0, timeout=0.1)
         assert seq == 5 and jpeg[:2] == b"\xff\xd8"
         assert hub.wait_frame(seq, timeout=0.05) is None   # nothing newer
+        assert hub.fresh_after() == seq - 1                # a new viewer gets the latest...
     now[0] = 10.0
+    assert hub.fresh_after() == 5                          # ...unless it is stale
     assert not hub.offer(_Frame(2)) and hub.viewers == 0
     hub.poll()                                       # a polling page counts for a while
     assert hub.offer(_Frame(3))
@@ -191,6 +193,9 @@ def test_page_of_a_running_kiosk(broker, shop_clip, pixel_bundle, monkeypatch, v
                 got = cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR)
                 assert got.shape == (240, 320, 3)
             assert poll_until(lambda: k.kiosk.pipeline.live.viewers == 0, 5)   # viewer left
+            code, headers, one = http(f"{base}/frame.jpg", token=TOKEN)   # for polling pages
+            assert code == 200 and cv2.imdecode(np.frombuffer(one, np.uint8),
+                                                cv2.IMREAD_COLOR).shape == (240, 320, 3)
             assert get_json(f"{base}/api/status", TOKEN)["view"]   # words for the last frame
 
             # Re-learn: refused without the token, honoured by the frame loop with it.
