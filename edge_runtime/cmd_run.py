@@ -282,9 +282,7 @@ class Kiosk:
             updater.start()
         if server is not None:
             server.start()
-            self.web = server if cfg.web.enabled else None
-            if self.web is not None:
-                print(f"kiosk page: {self.web.url}", flush=True)
+            self.web = server if cfg.web.enabled else None   # it logs its address
         done = threading.Event()
         reporter = threading.Thread(target=self._report,
                                     args=(mqtt, source, snapshot, done, notifier),

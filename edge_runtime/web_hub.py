@@ -89,7 +89,6 @@ class LiveHub:
         self._events: OrderedDict[str, tuple[dict[str, Any], Any]] = OrderedDict()
         self._keep = keep_events
         self._snaps: dict[str, bytes | None] = {}
-        self.offered = 0    # frames the loop offered (counted, all)
         self.taken = 0      # frames kept for the page
         self.closed = False
 
@@ -101,7 +100,6 @@ class LiveHub:
     def offer(self, frame: Any, info: Any = None) -> bool:
         """Every frame: keep it for the page when someone watches and the rate
         cap allows (True), else drop it (False). Never blocks on the page."""
-        self.offered += 1
         now = self.clock()
         if info is not None and info.outcomes:
             from edge_runtime.preview import outcome_text
