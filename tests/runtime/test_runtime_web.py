@@ -106,7 +106,28 @@ def test_hub_keeps_the_last_events_with_their_snapshots():
     assert hub.snapshot_jpeg("e3") is None and hub.snapshot_jpeg("e0") is None
 
 
-def test_scene_words_dark_frame():
+def _info(present: bool, box=None, event: str = ""):
+    from edge_runtime.presence import SceneState
+    from edge_runtime.presenter import FrameInfo
+
+    st = SceneState(present=present, differs=present, area=0.0, box=box,
+                    mask=np.zeros((60, 80), np.uint8), scale=4.0, event=event)
+    return FrameInfo(scene=st, offset=(0, 0))
+
+
+def test_scene_words():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    frame = np.full((240, 320, 3), 120, np.uint8)
+    frame[60:180, 100:220] = rng.integers(0, 255, (120, 120, 3))          # a sharp product
+    assert scene_words(frame, _info(True, (100, 60, 120, 120))) == ["product in view"]
+    assert scene_words(frame, _info(False)) == ["no product in view"]
+    assert scene_words(frame, _info(False, event="learning")) == ["learning the empty counter"]
+    assert scene_words(frame, _info(True, (150, 100, 20, 20))) == ["product too small"]
+    blurred = frame.copy()
+    blurred[60:180, 100:220] = cv2.GaussianBlur(frame[60:180, 100:220], (31, 31), 12)
+    assert scene_words(blurred, _info(True, (100, 60, 120, 120))) == ["blurred"]
     assert scene_words(np.full((60, 80, 3), 10, np.uint8), None) == ["too dark"]
 
 
@@ -125,6 +146,17 @@ def test_without_token_pages_are_read_only(monkeypatch):
         assert code == 200 and b'<img id="live"' in page
         assert b"http://" not in page and b"https://" not in page   # no external asset
         assert http(f"{base}/metrics")[0] == 404                    # [metrics] prometheus off
+    finally:
+        srv.stop()
+
+
+def test_relearn_without_scene_model_is_refused():
+    hub = LiveHub()
+    ctx = WebContext(hub, status=dict, relearn=lambda: False, token=TOKEN)
+    srv = WebServer("127.0.0.1", 0, create_app(ctx), hub).start()
+    try:
+        code, _, body = http(f"{srv.url}api/relearn", method="POST", token=TOKEN)
+        assert code == 409 and b"presence is off" in body
     finally:
         srv.stop()
 
