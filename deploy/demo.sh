@@ -4,6 +4,8 @@
 #   2. examples/subscriber.py, printing match events as they arrive
 #   3. edge-runtime run on sample/clip.mp4 with sample/bundle, as a new kiosk runs it: no
 #      configuration file, no region of interest (ONNX Runtime on the CPU)
+#      with its set-up page (live view, events with snapshots, status) on 127.0.0.1 at a
+#      free port: the address is printed; open it while the clip plays
 #   4. a summary: events received against the clip's ground truth (sample/clip.csv),
 #      and demo-out/preview.mp4: the clip with the outline of what differs from the
 #      empty counter, the crop the encoder sees, the presentation state and the events
@@ -102,14 +104,16 @@ for _ in $(seq 100); do
 done
 grep -q "subscribed to" "$OUT/subscriber.log" || { cat "$OUT/subscriber.log" >&2; exit 1; }
 
+WEB_PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 say "kiosk: edge-runtime run on $CLIP (log: $OUT/runtime.log)"
+echo "the kiosk's page (live view, events, status): http://127.0.0.1:$WEB_PORT/"
 EXTRA=()
 [ "${DEMO_REALTIME:-1}" = 1 ] && EXTRA+=(--realtime)
 [ -n "${DEMO_MAX_FRAMES:-}" ] && EXTRA+=(--max-frames "$DEMO_MAX_FRAMES")
 START=$(date +%s)
 set +e
 edge-runtime run --source "$CLIP" --bundle "$BUNDLE" --broker "$BROKER" --kiosk-id "$KIOSK_ID" \
-  --preview "$OUT/preview.mp4" --outbox "$OUT/outbox.sqlite" "${EXTRA[@]}" > "$OUT/runtime.log" 2>&1 &
+  --preview "$OUT/preview.mp4" --outbox "$OUT/outbox.sqlite" --web "127.0.0.1:$WEB_PORT" "${EXTRA[@]}" > "$OUT/runtime.log" 2>&1 &
 RUNTIME=$!
 PIDS+=("$RUNTIME")
 wait "$RUNTIME"

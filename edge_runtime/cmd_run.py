@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import edge_runtime
-from edge_runtime.config import KioskConfig, apply_overrides, load_config, parse_broker_url
+from edge_runtime.config import (
+    KioskConfig,
+    apply_overrides,
+    load_config,
+    parse_broker_url,
+    parse_web_bind,
+)
 from edge_runtime.events import METRICS_SCHEMA, bundle_status, utc_iso
 from edge_runtime.sdnotify import Notifier
 from models.errors import ConfigError
@@ -56,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    '"memory" (default: outbox-KIOSK_ID.sqlite in the state directory)')
     p.add_argument("--max-frames", type=int, help="stop after N frames")
     p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument("--web", metavar="HOST:PORT", help="serve the set-up page (live view, events, "
+                   "status) here, e.g. 127.0.0.1:8080; another address than loopback needs "
+                   "KIOSK_WEB_TOKEN")
     p.add_argument("--validate-config", action="store_true", help="check the config and exit")
 
 
@@ -81,6 +90,9 @@ def build_config(args: argparse.Namespace) -> KioskConfig:
              "preview.path": args.preview, "max_frames": args.max_frames,
              "logging.format": args.log_format, "mqtt.outbox": args.outbox}
     over.update({k: v for k, v in flags.items() if v is not None})
+    if getattr(args, "web", None):
+        host, port = parse_web_bind(args.web)
+        over.update({"web.enabled": True, "web.host": host, "web.port": port})
     if args.broker:
         host, port, tls = parse_broker_url(args.broker)
         over.update({"mqtt.host": host, "mqtt.port": port, "mqtt.tls": tls or cfg.mqtt.tls})
@@ -109,11 +121,12 @@ def build_presenter(cfg: KioskConfig) -> Any:
         stable_shift=d.stable_shift, sharp_ratio=d.sharp_ratio, swap_frames=d.swap_frames,
         swap_corr=d.swap_corr, steady_corr=d.steady_corr, cooldown_s=d.cooldown_s)
     return Presenter(SceneModel(cfg.presence.params()), params, tuple(cfg.crop.margins),
-                     top_k=d.top_k, keep_views=cfg.snapshot.enabled)
+                     top_k=d.top_k, keep_views=cfg.snapshot.enabled or cfg.web.enabled)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
+    cfg.web.check()
     if args.validate_config:
         from edge_runtime.sources import describe_source
 
@@ -146,6 +159,7 @@ class Kiosk:
         self.source = source   # an injected FrameSource (tests); default: from cfg.source
         self.pipeline: Any = None
         self.mqtt: Any = None
+        self.web: Any = None   # the page's server once serving (web.WebServer), with [web]
         self.undelivered = 0   # messages left in the outbox at stop
 
     def _bundle_dir(self) -> tuple[Path, Any]:
@@ -190,6 +204,7 @@ class Kiosk:
         from edge_runtime.sources import open_source
 
         cfg = self.cfg
+        cfg.web.check()
         # A bad source fails before anything else starts.
         source = self.source if self.source is not None else open_source(cfg.source)
         bundle_dir, store = self._bundle_dir()
@@ -220,13 +235,19 @@ class Kiosk:
         params = DecisionParams(threshold=matcher.threshold, margin=d.margin, window=d.window,
                                 min_frames=d.min_frames, cooldown_s=d.cooldown_s)
         snap = cfg.snapshot
+        hub = None
+        if cfg.web.enabled:
+            from edge_runtime.web_hub import LiveHub
+
+            hub = LiveHub(max_fps=cfg.web.stream_fps, keep_events=cfg.web.events, roi=roi,
+                          snapshot_side=max(snap.max_side, 224))
         pipeline = Pipeline(source, matcher, Decider(params), mqtt, PipelineOptions(
             kiosk_id=cfg.kiosk.id, camera_id=cfg.kiosk.camera_id, top_k=d.top_k,
             max_batch=cfg.backend.max_batch, roi=roi, aggregate=d.aggregate, threshold=d.threshold,
             snapshot_max_bytes=snap.max_bytes if snap.enabled else 0,
             snapshot_max_side=snap.max_side),
             stats=stats, preview=preview, heartbeat=self._watchdog(notifier, source),
-            presenter=build_presenter(cfg))
+            presenter=build_presenter(cfg), live=hub)
 
         def snapshot() -> dict[str, Any]:
             return stats.snapshot(schema=METRICS_SCHEMA, kiosk_id=cfg.kiosk.id, ts=utc_iso(),
@@ -243,7 +264,9 @@ class Kiosk:
 
                 updater = Updater(store, mqtt, pipeline, cfg.update, edge_runtime.__version__,
                                   open_matcher=self.open_matcher)
-            if cfg.metrics.prometheus:
+            if cfg.web.enabled:
+                server = self._web_server(hub, pipeline, mqtt, snapshot)
+            elif cfg.metrics.prometheus:
                 try:
                     server = MetricsServer(cfg.metrics.host, cfg.metrics.port, snapshot,
                                            cfg.kiosk.id)
@@ -259,6 +282,7 @@ class Kiosk:
             updater.start()
         if server is not None:
             server.start()
+            self.web = server if cfg.web.enabled else None   # it logs its address
         done = threading.Event()
         reporter = threading.Thread(target=self._report,
                                     args=(mqtt, source, snapshot, done, notifier),
@@ -278,13 +302,15 @@ class Kiosk:
             source.stop()
             done.set()
             reporter.join(2.0)
+            if server is not None and cfg.web.enabled:
+                server.stop()
             if updater is not None:
                 updater.stop()
             mqtt.publish_json("metrics", snapshot(), qos=1)
             mqtt.set_status(source_state=source.state)
             flushed = mqtt.stop(cfg.mqtt.flush_timeout_s, reason=reason)
             self.undelivered = mqtt.undelivered
-            if server is not None:
+            if server is not None and not cfg.web.enabled:
                 server.stop()
             if preview is not None:
                 preview.close()
@@ -292,6 +318,23 @@ class Kiosk:
             log.info("stopped (%s): %d frames, %d events, %s", reason, stats.frames, stats.events,
                      "all messages delivered" if flushed else "some messages NOT delivered")
         return reason
+
+    def _web_server(self, hub: Any, pipeline: Any, mqtt: Any, snapshot: Any) -> Any:
+        """The page's server (bound now: a taken port refuses the start), with
+        /metrics on it when ``[metrics] prometheus`` is on."""
+        from edge_runtime.metrics import metrics_registry
+        from edge_runtime.web import WebContext, WebServer, create_app
+
+        cfg = self.cfg
+
+        def status() -> dict[str, Any]:
+            return {**mqtt.status, "kiosk_id": cfg.kiosk.id, "mqtt_connected": mqtt.connected,
+                    "presence": cfg.presence.mode, "metrics": snapshot()}
+
+        registry = metrics_registry(snapshot, cfg.kiosk.id) if cfg.metrics.prometheus else None
+        ctx = WebContext(hub, status=status, relearn=pipeline.request_relearn, registry=registry,
+                         token=cfg.web.token())
+        return WebServer(cfg.web.host, cfg.web.port, create_app(ctx), hub)
 
     def _watchdog(self, notifier: Any, source: Any) -> Any:
         """The frame loop's heartbeat: READY=1 at the first frame, then WATCHDOG=1

@@ -26,8 +26,9 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
     import tomli as tomllib
 
 __all__ = ["KioskConfig", "KioskSection", "SourceConfig", "RoiConfig", "BundleConfig",
-           "BackendConfig", "DecisionConfig", "MqttConfig", "MetricsConfig", "PreviewConfig",
-           "LoggingConfig", "load_config", "parse_config", "apply_overrides", "parse_broker_url"]
+           "BackendConfig", "DecisionConfig", "MqttConfig", "MetricsConfig", "WebConfig", "PreviewConfig",
+           "LoggingConfig", "load_config", "parse_config", "apply_overrides", "parse_broker_url",
+           "parse_web_bind"]
 
 
 class _Section(BaseModel):
@@ -176,6 +177,32 @@ class MetricsConfig(_Section):
     port: int = Field(9108, ge=0, le=65535, description="0 = any free port")
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class WebConfig(_Section):
+    """The local set-up page (edge_runtime/web.py): off by default, loopback by
+    default. A bind on any other address needs a token; writes always do."""
+
+    enabled: bool = Field(False, description="serve the page (also: --web HOST:PORT)")
+    host: str = Field("127.0.0.1", min_length=1, description="loopback by default")
+    port: int = Field(8080, ge=0, le=65535, description="0 = any free port")
+    token_env: str = Field("KIOSK_WEB_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                           description="environment variable holding the page's token")
+    stream_fps: float = Field(5.0, gt=0, le=15, description="live view frames per second (cap)")
+    events: int = Field(20, ge=1, le=500, description="last events kept for the page")
+
+    def token(self) -> str | None:
+        """The token from the environment (never from the file: it is a secret)."""
+        return os.environ.get(self.token_env) or None
+
+    def check(self) -> None:
+        """A non-loopback bind without a token is refused at start."""
+        if self.enabled and self.host not in LOOPBACK_HOSTS and self.token() is None:
+            raise ConfigError(f"web.host: {self.host} is not a loopback address: set "
+                              f"{self.token_env} (the page's token) or bind 127.0.0.1")
+
+
 class PreviewConfig(_Section):
     path: Path | None = Field(None, description="write an annotated .mp4 here")
     fps: float = Field(30.0, gt=0, le=240)
@@ -198,6 +225,7 @@ class KioskConfig(_Section):
     snapshot: SnapshotConfig = SnapshotConfig()
     mqtt: MqttConfig = MqttConfig()
     metrics: MetricsConfig = MetricsConfig()
+    web: WebConfig = WebConfig()
     update: UpdateConfig = UpdateConfig()
     preview: PreviewConfig = PreviewConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -244,6 +272,15 @@ def load_config(path: str | Path | None) -> KioskConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
     return parse_config(data, str(p))
+
+
+def parse_web_bind(text: str) -> tuple[str, int]:
+    """``--web HOST:PORT`` (``[::1]:8080`` for IPv6; ``:8080`` = 127.0.0.1) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--web: expected HOST:PORT, got {text!r}")
+    return host, int(port)
 
 
 def parse_broker_url(url: str) -> tuple[str, int, bool]:

@@ -1,6 +1,6 @@
-"""Runtime statistics (fps, latency percentiles, drops) and an optional
-Prometheus text endpoint served by the standard library (no extra dependency),
-on the loopback interface unless configured otherwise."""
+"""Runtime statistics (fps, latency percentiles, drops) and their Prometheus
+exposition through prometheus_client: on the page's server when ``[web]`` is
+on (web.py), else on a port of its own, loopback unless configured otherwise."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RuntimeStats", "percentile", "MetricsServer", "prometheus_text"]
+__all__ = ["RuntimeStats", "percentile", "MetricsServer", "SnapshotCollector",
+           "metrics_registry"]
 
 log = logging.getLogger(__name__)
 
@@ -81,43 +81,63 @@ class RuntimeStats:
                 "uptime_s": round(self.clock() - self.started, 1), **extra}
 
 
-def prometheus_text(snapshot: dict[str, Any], kiosk_id: str) -> str:
-    """Numeric fields of a metrics snapshot in the Prometheus exposition format."""
-    lines = []
-    for key, value in snapshot.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        name = f"kiosk_{key}"
-        lines.append(f"# TYPE {name} gauge")
-        lines.append(f'{name}{{kiosk_id="{kiosk_id}"}} {value}')
-    return "\n".join(lines) + "\n"
+class SnapshotCollector:
+    """A prometheus_client collector: every numeric field of a metrics snapshot
+    (the one published on ``kiosk/{id}/metrics``) as a gauge ``kiosk_<field>``
+    labelled with the kiosk id, read when scraped."""
+
+    def __init__(self, snapshot_fn: Callable[[], dict[str, Any]], kiosk_id: str) -> None:
+        self.snapshot_fn = snapshot_fn
+        self.kiosk_id = kiosk_id
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        for key, value in self.snapshot_fn().items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            g = GaugeMetricFamily(f"kiosk_{key}", f"kiosk metrics field {key}",
+                                  labels=["kiosk_id"])
+            g.add_metric([self.kiosk_id], float(value))
+            yield g
+
+
+def metrics_registry(snapshot_fn: Callable[[], dict[str, Any]], kiosk_id: str) -> Any:
+    """A registry of its own (not the process-global one) holding the kiosk's gauges."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot_fn, kiosk_id))
+    return registry
 
 
 class MetricsServer:
-    """GET /metrics -> prometheus_text(snapshot_fn()). Runs in a daemon thread."""
+    """GET /metrics on its own port (``[metrics] prometheus`` without ``[web]``):
+    prometheus_client's WSGI app on a threading wsgiref server, in a daemon thread."""
 
     def __init__(self, host: str, port: int, snapshot_fn: Callable[[], dict[str, Any]],
                  kiosk_id: str) -> None:
-        outer = self
+        from socketserver import ThreadingMixIn
+        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                if self.path.split("?")[0] != "/metrics":
-                    self.send_error(404)
-                    return
-                body = prometheus_text(outer.snapshot_fn(), outer.kiosk_id).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        from prometheus_client import make_wsgi_app
 
+        class Server(ThreadingMixIn, WSGIServer):
+            daemon_threads = True
+
+        class Quiet(WSGIRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.snapshot_fn = snapshot_fn
-        self.kiosk_id = kiosk_id
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        app = make_wsgi_app(metrics_registry(snapshot_fn, kiosk_id))
+
+        def only_metrics(environ: dict[str, Any], start_response: Any) -> Any:
+            if environ.get("PATH_INFO") != "/metrics":
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"not found\n"]
+            return app(environ, start_response)
+
+        self.httpd = make_server(host, port, only_metrics, server_class=Server, handler_class=Quiet)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics-http",
                                         daemon=True)

@@ -63,7 +63,8 @@ class Pipeline:
                  options: PipelineOptions, *, stats: RuntimeStats | None = None,
                  preview: Any = None, on_event: Callable[[dict[str, Any]], None] | None = None,
                  heartbeat: Callable[[bool], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, presenter: Any = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, presenter: Any = None,
+                 live: Any = None) -> None:
         self.source = source
         self._matcher = matcher
         self.decider = decider
@@ -78,7 +79,10 @@ class Pipeline:
         self.presenter = presenter
         if presenter is not None:
             presenter.rebind(self._threshold(matcher))
+        self.live = live   # web_hub.LiveHub: offer(frame, info) every frame, event(payload, view)
         self._lock = threading.Lock()
+        self._relearn = threading.Event()
+        self.relearnt = 0   # re-learn requests honoured
         self.frames = 0
 
     # ------------------------------------------------------------ matcher swap
@@ -95,6 +99,15 @@ class Pipeline:
                 self.presenter.rebind(self._threshold(new))
         log.info("matcher swapped: bundle %s -> %s", _version(old), _version(new))
         return old
+
+    def request_relearn(self) -> bool:
+        """Ask the frame loop to forget the empty counter and learn it again from
+        the next frames (any thread; honoured at the next frame). False when
+        there is no scene model (``[presence] mode = "off"``)."""
+        if self.presenter is None:
+            return False
+        self._relearn.set()
+        return True
 
     # ------------------------------------------------------------ loop
     def run(self, stop: threading.Event, max_frames: int | None = None) -> str:
@@ -153,6 +166,8 @@ class Pipeline:
                 if self.preview is not None:
                     self.preview.write(crop, frame, matches, decision, self.decider.present,
                                        threshold)
+                if self.live is not None:
+                    self.live.offer(frame)
         return decisions
 
     def _flush(self) -> None:
@@ -178,6 +193,11 @@ class Pipeline:
         out: list[Outcome] = []
         with self._lock:
             matcher = self._matcher
+            if self._relearn.is_set():
+                self._relearn.clear()
+                self.presenter.relearn()
+                self.relearnt += 1
+                log.info("relearning the empty counter (asked from the page)")
             for frame in frames:
                 info = self.presenter.step(crop_roi(frame.image, roi), frame, matcher, offset)
                 for o in info.outcomes:
@@ -187,6 +207,8 @@ class Pipeline:
                 self.frames += 1
                 if self.preview is not None:
                     self.preview.write_scene(frame, info)
+                if self.live is not None:
+                    self.live.offer(frame, info)
         return out
 
     def _publish_outcome(self, o: Outcome, matcher: Any) -> None:
@@ -214,6 +236,8 @@ class Pipeline:
                     event_id=payload["event_id"], kiosk_id=self.options.kiosk_id,
                     camera_id=self.options.camera_id, item_id=str(o.item_id),
                     frame_index=ev.index, jpeg=jpeg), qos=1)
+        if self.live is not None:
+            self.live.event(payload, o.view)
         if self.on_event is not None:
             self.on_event(payload)
 
@@ -230,6 +254,8 @@ class Pipeline:
         self.stats.event(latency_ms)
         log.info("match %s (score %.3f) at frame %d", d.item_id, d.matches[0].score, frame.index,
                  extra={"event_id": payload["event_id"], "item_id": d.item_id})
+        if self.live is not None:
+            self.live.event(payload)
         if self.on_event is not None:
             self.on_event(payload)
 

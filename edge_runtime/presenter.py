@@ -81,6 +81,15 @@ class Presenter:
         self.tracker.p = replace(self.tracker.p, threshold=float(threshold))
         self.tracker.reset()
 
+    def relearn(self) -> None:
+        """Forget the empty counter (the next frames learn it again) and any
+        presentation in progress (asked for by the person setting the kiosk up)."""
+        self.scene.reset()
+        self.tracker.reset()
+        self._boxes.clear()
+        self._prev_sig = None
+        self._last = ()
+
     def _search(self, vec: np.ndarray) -> list[Any]:
         """Ranked items for an aggregate: at least ten, for the tracker's lead
         (events list ``top_k`` of them)."""

@@ -14,9 +14,51 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PreviewWriter"]
+__all__ = ["PreviewWriter", "draw_scene", "outcome_text"]
 
 log = logging.getLogger(__name__)
+
+
+def outcome_text(o: Any) -> str:
+    """The banner for a decided presentation (presentation.Outcome)."""
+    if o.kind == "match":
+        return f"EVENT {o.item_id} ({o.reason}, {o.frames_used} views)"
+    return f"UNKNOWN ({o.frames_used} views)"
+
+
+def draw_scene(img: np.ndarray, info: Any, roi: tuple[int, int, int, int] | None,
+               banner: str = "") -> np.ndarray:
+    """Draw on ``img`` (a BGR frame, in place) what the kiosk made of it: the
+    optional outer region, the outline of the foreground, the crop the
+    encoder sees (green when used, grey when skipped), the presentation state,
+    the best matches and ``banner``. ``info`` (presenter.FrameInfo) may be
+    None (presence off): the region only. The preview video and the live view
+    of the page (web_hub.py) both draw with this."""
+    import cv2
+
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    if roi is not None:
+        x, y, w, h = roi
+        cv2.rectangle(img, (x, y), (x + w, y + h), (255, 200, 0), 1)
+    if info is not None:
+        ox, oy = info.offset
+        st = info.scene
+        if st.mask is not None and st.mask.any():
+            contours, _ = cv2.findContours(st.mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            scaled = [np.round(c * st.scale).astype(np.int32) + (ox, oy) for c in contours]
+            cv2.drawContours(img, scaled, -1, (255, 0, 255), 2)
+        if info.crop_box is not None:
+            x, y, w, h = info.crop_box
+            colour = (0, 220, 0) if info.encoded else (160, 160, 160)
+            cv2.rectangle(img, (x + ox, y + oy), (x + ox + w, y + oy + h), colour, 2)
+        state = info.state + (f" [{st.event}]" if st.event else "")
+        cv2.putText(img, state, (8, 20), font, 0.5, (0, 255, 255), 1, cv2.LINE_AA)
+        for i, m in enumerate(list(info.matches)[:3]):
+            cv2.putText(img, f"{m.rank}. {m.item_id} {m.score:.2f}", (8, 40 + 18 * i), font, 0.45,
+                        (230, 230, 230), 1, cv2.LINE_AA)
+    if banner:
+        cv2.putText(img, banner, (8, img.shape[0] - 12), font, 0.6, (0, 255, 255), 2, cv2.LINE_AA)
+    return img
 
 
 class PreviewWriter:
@@ -51,37 +93,15 @@ class PreviewWriter:
 
     def write_scene(self, frame: Any, info: Any) -> None:
         """One frame of the default runtime (``info``: presenter.FrameInfo)."""
-        import cv2
-
         img = np.ascontiguousarray(frame.image).copy()
         self._open(img)
-        ox, oy = info.offset
-        font = cv2.FONT_HERSHEY_SIMPLEX
-        if self.roi is not None:
-            x, y, w, h = self.roi
-            cv2.rectangle(img, (x, y), (x + w, y + h), (255, 200, 0), 1)
-        st = info.scene
-        if st.mask is not None and st.mask.any():
-            contours, _ = cv2.findContours(st.mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            scaled = [np.round(c * st.scale).astype(np.int32) + (ox, oy) for c in contours]
-            cv2.drawContours(img, scaled, -1, (255, 0, 255), 2)
-        if info.crop_box is not None:
-            x, y, w, h = info.crop_box
-            colour = (0, 220, 0) if info.encoded else (160, 160, 160)
-            cv2.rectangle(img, (x + ox, y + oy), (x + ox + w, y + oy + h), colour, 2)
-        state = info.state + (f" [{st.event}]" if st.event else "")
-        cv2.putText(img, state, (8, 20), font, 0.5, (0, 255, 255), 1, cv2.LINE_AA)
-        for i, m in enumerate(list(info.matches)[:3]):
-            cv2.putText(img, f"{m.rank}. {m.item_id} {m.score:.2f}", (8, 40 + 18 * i), font, 0.45,
-                        (230, 230, 230), 1, cv2.LINE_AA)
         for o in info.outcomes:
-            text = f"EVENT {o.item_id} ({o.reason}, {o.frames_used} views)" if o.kind == "match" \
-                else f"UNKNOWN ({o.frames_used} views)"
-            self._banner, self._banner_text = int(self.fps), text
+            self._banner, self._banner_text = int(self.fps), outcome_text(o)
+        banner = ""
         if self._banner > 0:
             self._banner -= 1
-            cv2.putText(img, self._banner_text, (8, img.shape[0] - 12), font, 0.6, (0, 255, 255), 2,
-                        cv2.LINE_AA)
+            banner = self._banner_text
+        draw_scene(img, info, self.roi, banner)
         self._emit(img)
 
     def write(self, crop: np.ndarray, frame: Any, matches: Any, decision: Any,

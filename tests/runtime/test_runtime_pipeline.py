@@ -187,9 +187,13 @@ def test_prometheus_endpoint_on_loopback():
         body = urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/metrics", timeout=5).read()
     finally:
         srv.stop()
-    text = body.decode()
-    assert 'kiosk_frames{kiosk_id="pk"} 3' in text
-    assert 'kiosk_latency_ms_p50{kiosk_id="pk"} 2.0' in text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    got = {s.name: (s.labels, s.value) for fam in text_string_to_metric_families(body.decode())
+           for s in fam.samples}
+    assert got["kiosk_frames"] == ({"kiosk_id": "pk"}, 3.0)
+    assert got["kiosk_latency_ms_p50"] == ({"kiosk_id": "pk"}, 2.0)
+    assert "kiosk_queue_depth" in got
 
 
 def test_runtime_stats_percentiles():

@@ -39,7 +39,12 @@ def test_demo_script_shows_events(tmp_path):
     events = [json.loads(x) for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
     assert len({e["event_id"] for e in events}) == len(events) == received
     assert all(e["kiosk_id"] == "test-kiosk" and 0 <= e["frame_index"] < 400 for e in events)
-    # The private broker was stopped.
+    # The page's address was printed; it served during the run (the runtime
+    # logged it) and is gone with the private broker.
+    web = int(re.search(r"kiosk's page \(live view, events, status\): http://127\.0\.0\.1:(\d+)/",
+                        r.stdout).group(1))
+    assert f"page on http://127.0.0.1:{web}/" in (tmp_path / "out" / "runtime.log").read_text()
     port = int(re.search(r"private Mosquitto at mqtt://127\.0\.0\.1:(\d+)", r.stdout).group(1))
-    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-        pass
+    for p in (port, web):
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", p), timeout=1):
+            pass
