@@ -226,7 +226,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true",
                    help="quantize the encoder to INT8 (ONNX Runtime static quantization, calibrated on "
                         "256 photos of --check-images or the run's catalogue): about a third of the "
-                        "size, faster on CPUs with VNNI; TensorRT builds it as explicit INT8")
+                        "size, the same accuracy; on an x86 CPU ONNX Runtime runs it 1.4-2.8x slower than "
+                        "fp32 (bench/encoder_speed.py); TensorRT builds it as explicit INT8")
 
 
 def run(args: argparse.Namespace) -> int:
