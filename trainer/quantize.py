@@ -11,6 +11,8 @@ in float: they are a tiny part of the work and carry the embedding's geometry.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,12 +53,14 @@ def quantize_int8(onnx_in: Path, onnx_out: Path, images: Sequence[np.ndarray], s
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(onnx_in), str(pre), skip_optimization=True)
-        quantize_static(str(pre), str(onnx_out), _Reader(images, spec, input_name),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile,
-                        nodes_to_exclude=keep_float,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                       "CalibPercentile": 99.99})
+        # ONNX Runtime's calibrator prints its progress; export's output stays ours.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(str(pre), str(onnx_out), _Reader(images, spec, input_name),
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile,
+                            nodes_to_exclude=keep_float,
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                           "CalibPercentile": 99.99})
     out = onnx.load(str(onnx_out))
     onnx.helper.set_model_props(out, {p.key: p.value for p in src.metadata_props} | {"kiosk.precision": "int8"})
     onnx.save(out, str(onnx_out))
