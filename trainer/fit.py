@@ -49,7 +49,7 @@ DEFAULT_BACKBONE = "lite0"
 # lite0, measured on the grocery benchmark (train split, 12 epochs, 2-core CPU
 # with AVX512-BF16; bench/retrieval.py --eval-run): 224 px with the first 5 of
 # 7 stages frozen and a pool of 8 cached views, backbone at half the head's
-# learning rate: val top-1 0.811 (30 min); 160 px 0.763 (12 min); freezing 4
+# learning rate: val top-1 0.811 (30 min); 160 px 0.763 (17 min); freezing 4
 # stages at 160 px 0.747 and 1.6x slower. Freezing fewer stages without the
 # pool trains at 10-17 images/s and reached 0.48 in 10 minutes.
 BACKBONE_DEFAULTS: dict[str, dict[str, float | int | str]] = {
