@@ -57,7 +57,11 @@ def draw_scene(img: np.ndarray, info: Any, roi: tuple[int, int, int, int] | None
             cv2.putText(img, f"{m.rank}. {m.item_id} {m.score:.2f}", (8, 40 + 18 * i), font, 0.45,
                         (230, 230, 230), 1, cv2.LINE_AA)
     if banner:
-        cv2.putText(img, banner, (8, img.shape[0] - 12), font, 0.6, (0, 255, 255), 2, cv2.LINE_AA)
+        # Shrink the banner to the frame's width (a 320 px frame cuts off a long item id).
+        (w, _), _ = cv2.getTextSize(banner, font, 0.6, 2)
+        scale = max(0.3, min(0.6, 0.6 * (img.shape[1] - 16) / max(w, 1)))
+        cv2.putText(img, banner, (8, img.shape[0] - 12), font, scale, (0, 255, 255), 1 if scale < 0.45 else 2,
+                    cv2.LINE_AA)
     return img
 
 
