@@ -80,6 +80,7 @@ class ExportInfo(BaseModel):
     backbone: Literal["lite0", "scratch"] = "scratch"
     pretrained: str | None = None
     precision: Literal["fp32", "int8"] = "fp32"
+    head: Literal["projection", "whitened"] = "projection"  # trainer/whiten.py
     parity: dict[str, float | int | str] = {}
     created: str = ""
 

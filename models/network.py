@@ -61,9 +61,13 @@ class Encoder(nn.Module):
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def pooled(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The vector the projection maps to the embedding (trainer.whiten fits on it)."""
+        return fmap.mean(dim=(2, 3))
+
     def embed(self, fmap: torch.Tensor) -> torch.Tensor:
         """Un-normalised embedding from a feature map (for losses that want it)."""
-        return self.proj(fmap.mean(dim=(2, 3)))
+        return self.proj(self.pooled(fmap))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.embed(self.feature_map(x)), dim=1, eps=1e-12)
@@ -104,10 +108,10 @@ class ScratchEncoder(Encoder):
         hist = torch.softmax(self.colour(small), dim=1).mean(dim=(2, 3), keepdim=True) * self.cfg.colour_bins
         return torch.cat([f, hist.expand(-1, -1, f.shape[2], f.shape[3])], dim=1)
 
-    def embed(self, fmap: torch.Tensor) -> torch.Tensor:
+    def pooled(self, fmap: torch.Tensor) -> torch.Tensor:
         if self.head is not None:
             fmap = self.head(fmap)
-        return super().embed(fmap)
+        return super().pooled(fmap)
 
 
 class Lite0Encoder(Encoder):

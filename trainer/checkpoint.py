@@ -8,6 +8,8 @@
       state.json           step, epoch, best score, optimizer scalars, RNG seeds
       metrics.jsonl        one JSON object per logged step / validation
       curves.png           training curves
+      head.safetensors     the whitened head fitted on the best weights (trainer/whiten.py),
+      head.json            what it was fitted on, and the sha256 of the weights it belongs to
 
 Export and resume rebuild the model from the run folder alone.
 """
@@ -15,6 +17,7 @@ Export and resume rebuild the model from the run folder alone.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -22,13 +25,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.bundle import atomic_write_bytes
+from models.bundle import atomic_write_bytes, sha256_file
 from models.errors import KioskError
 from models.netconfig import NetConfig
 from models.network import AutoEncoder
 
 __all__ = ["RunError", "write_config", "read_config", "save_weights", "load_model", "load_run",
-           "save_json", "read_json"]
+           "save_json", "read_json", "weights_path", "head_fits"]
+
+
+log = logging.getLogger(__name__)
 
 
 class RunError(KioskError):
@@ -67,25 +73,69 @@ def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     os.replace(tmp, path)
 
 
-def load_model(run_dir: str | Path, which: str = "best") -> tuple[AutoEncoder, NetConfig, str]:
-    """Rebuild the autoencoder of a run with its ``best`` or ``last`` weights."""
+def weights_path(run_dir: Path, which: str) -> Path:
+    """``best`` falls back to ``last`` while no validation has chosen one."""
+    weights = Path(run_dir) / f"{which}.safetensors"
+    if not weights.exists() and which == "best":
+        weights = Path(run_dir) / "last.safetensors"
+    if not weights.exists():
+        raise RunError(f"{weights}: missing (has the run saved a checkpoint yet?)")
+    return weights
+
+
+def load_model(run_dir: str | Path, which: str = "best",
+               head: bool = True) -> tuple[AutoEncoder, NetConfig, str]:
+    """Rebuild the autoencoder of a run with its ``best`` or ``last`` weights;
+    with ``head`` (the default) the whitened head replaces the trained
+    projection when the run has one fitted on exactly these weights."""
+    from trainer.whiten import HEAD_WEIGHTS
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run folder")
     run_id, net, _ = read_config(run_dir)
-    weights = run_dir / f"{which}.safetensors"
-    if not weights.exists() and which == "best":
-        weights = run_dir / "last.safetensors"
-    if not weights.exists():
-        raise RunError(f"{weights}: missing (has the run saved a checkpoint yet?)")
+    weights = weights_path(run_dir, which)
     model = AutoEncoder(net)
     try:
         state = load_file(str(weights))
         model.load_state_dict(state)
     except Exception as exc:  # safetensors raises its own error types
         raise RunError(f"{weights}: cannot load weights ({exc})") from None
+    if head and head_fits(run_dir, which):
+        _load_head(model, run_dir / HEAD_WEIGHTS)
     model.eval()
     return model, net, run_id
+
+
+def head_fits(run_dir: Path, which: str = "best") -> bool:
+    """Whether the run has a whitened head fitted on exactly its ``which`` weights."""
+    from trainer.whiten import HEAD_INFO, HEAD_WEIGHTS
+
+    run_dir = Path(run_dir)
+    if not (run_dir / HEAD_WEIGHTS).exists():
+        return False
+    weights = weights_path(run_dir, which)
+    if read_json(run_dir / HEAD_INFO).get("weights_sha256") == sha256_file(weights):
+        return True
+    if which == "best":
+        log.warning("%s: fitted on other weights than %s; using the trained projection "
+                    "(refit with `trainer head %s`)", run_dir / HEAD_WEIGHTS, weights.name, run_dir)
+    return False
+
+
+def _load_head(model: AutoEncoder, path: Path) -> None:
+    proj = model.encoder.proj
+    try:
+        head = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise RunError(f"{path}: cannot load the head ({exc})") from None
+    want = {"encoder.proj.weight": proj.weight, "encoder.proj.bias": proj.bias}
+    if set(head) != set(want) or any(head[k].shape != v.shape for k, v in want.items()):
+        raise RunError(f"{path}: holds {sorted(head)} with shapes "
+                       f"{[tuple(t.shape) for t in head.values()]}, not this network's projection")
+    with torch.no_grad():
+        for k, v in want.items():
+            v.copy_(head[k])
 
 
 load_run = load_model

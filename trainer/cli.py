@@ -8,6 +8,7 @@ from models.cli_util import run_cli
 
 COMMANDS = {
     "fit": ("trainer.fit", "train the denoising autoencoder on a catalogue"),
+    "head": ("trainer.head", "fit a run's whitened head (closed form) on its catalogue"),
     "eval": ("trainer.evaluate", "retrieval accuracy of a run on a gallery and queries"),
     "preview": ("trainer.preview", "contact sheet of catalogue photos and their distorted views"),
     "cluster": ("trainer.cluster", "group unlabelled images by their embeddings"),

@@ -54,9 +54,9 @@ DEFAULT_BACKBONE = "lite0"
 # pool trains at 10-17 images/s and reached 0.48 in 10 minutes.
 BACKBONE_DEFAULTS: dict[str, dict[str, float | int | str]] = {
     "lite0": {"size": LITE0_INPUT.size, "lr": 2e-3, "backbone_lr": 0.5, "freeze": 5, "drop_path": 0.0,
-              "cut": "head", "cache_views": 8, "early_size": 0},
+              "cut": "head", "cache_views": 8, "early_size": 0, "head": "whitened"},
     "scratch": {"size": SCRATCH_INPUT.size, "lr": 2e-3, "backbone_lr": 1.0, "freeze": 0, "drop_path": 0.0,
-                "cache_views": 0},
+                "cache_views": 0, "head": "projection"},
 }
 # Epochs when neither --epochs nor --minutes is given. lite0: 12 epochs are
 # about 30 minutes on a 2-core CPU with bf16; the in-run validation top-1 (the
@@ -176,6 +176,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="scratch: 1x1 conv widening the last feature map before pooling (0 = off)")
     g.add_argument("--colour-bins", type=int,
                    help="scratch: bins of the learned colour histogram branch (0 = off)")
+    p.add_argument("--head", choices=("whitened", "projection"),
+                   help="the embedding the run exports: whitened = the trained projection replaced at the "
+                        "end by a closed-form fit on the catalogue (trainer/whiten.py; lite0 default), "
+                        "projection = the trained one (scratch default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -454,6 +458,12 @@ def _fit(args: argparse.Namespace, out: Path, cat, d: Dist) -> int:
     hooks.close()
     d.barrier()
     if d.main:
+        head = "projection"
+        if args.head == "whitened":
+            from trainer.whiten import fit_head
+
+            head = fit_head(out, args.catalogue)["head"]
         print(json.dumps({"run_dir": str(out), "run_id": run_id, "step": step, "epochs": round(
-            step / tr.steps_per_epoch, 2), "best_val_mAP": tr.best, "best_val_top1": tr.best_top1, "elapsed_s": round(tr.elapsed_before, 1)}))
+            step / tr.steps_per_epoch, 2), "best_val_mAP": tr.best, "best_val_top1": tr.best_top1,
+            "elapsed_s": round(tr.elapsed_before, 1), "head": head}))
     return 0

