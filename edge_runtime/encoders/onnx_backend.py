@@ -29,6 +29,11 @@ def _session(path: Path, threads: int | None, providers: list[str] | None):
     opts.inter_op_num_threads = 1
     if threads:
         opts.intra_op_num_threads = int(threads)
+    # Idle intra-op threads sleep instead of spinning: on a 2-core kiosk the
+    # spinning threads took the cores from the capture thread and the frame
+    # loop (every frame encoded, val-clip.mp4: 55 -> 80 frames/s with spinning off;
+    # bench/runtime.py, README Benchmarks).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if providers is None:
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]

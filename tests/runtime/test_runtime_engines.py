@@ -208,3 +208,15 @@ def test_gpu_engine_matches_onnxruntime(bundle, precision):
     finally:
         trt_enc.close()
         ort.close()
+
+
+def test_onnxruntime_threads_sleep_instead_of_spinning(bundle):
+    """Spinning intra-op threads starve the capture thread on a 2-core kiosk
+    (every frame encoded: 55 against 80 frames/s, README Benchmarks)."""
+    enc = open_encoder(bundle, read_manifest(bundle), "onnxruntime", threads=2)
+    try:
+        opts = enc._sess.get_session_options()
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert opts.intra_op_num_threads == 2
+    finally:
+        enc.close()
