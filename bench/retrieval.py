@@ -12,7 +12,8 @@ reports side by side, with a colour-histogram baseline:
   top-1 per frame and per presentation (embeddings averaged);
 - with ``--unseen``: trained without every 4th product (by class id), each of
   those then enrolled from 5 of its train photos (no retraining); top-1/top-5
-  of their val photos ranked among all products.
+  of their val photos ranked among all products; beside it, ranked among the
+  held-out products only, and with every product's gallery cut to 5 photos.
 
     python bench/retrieval.py --minutes 30                       # lite0, the default
     python bench/retrieval.py --minutes 30 --backbones lite0,scratch --seed 1
@@ -43,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.kiosk_crops import clip_crops, held_up_val  # noqa: E402
 from models.catalogue import iter_images, load_catalogue  # noqa: E402
-from trainer.retrieval_metrics import ranked_items, retrieval_report  # noqa: E402
+from trainer.retrieval_metrics import ranked_items, retrieval_report, top_k_accuracy  # noqa: E402
 
 ENROL_PHOTOS = 5
 
@@ -138,6 +139,19 @@ def unseen_figures(emb: dict[str, np.ndarray], qs: QuerySets, held: set[str]) ->
     q = np.array([lab_ in held for lab_ in lab["val"]])
     rep = retrieval_report(emb["val"][q] @ emb["train"][keep].T, lab["val"][q], lab["train"][keep], ks=(1, 5))
     out = {f"unseen_{k}": round(float(v), 4) for k, v in rep.items() if k in ("top1", "top5", "mAP")}
+    # Where the misses come from: ranked among the held-out products only (the
+    # embedding tells new products apart?), and with every product's gallery cut
+    # to its first ENROL_PHOTOS photos (a 30-photo product against a 5-photo one).
+    only = keep & np.array([lab_ in held for lab_ in lab["train"]])
+    out["unseen_among_new_top1"] = round(top_k_accuracy(emb["val"][q] @ emb["train"][only].T, lab["val"][q],
+                                                        lab["train"][only]), 4)
+    n_seen: Counter = Counter()
+    five = np.zeros(len(keep), dtype=bool)
+    for i, lab_ in enumerate(lab["train"]):
+        if keep[i] and n_seen[lab_] < ENROL_PHOTOS:
+            five[i], n_seen[lab_] = True, n_seen[lab_] + 1
+    out["unseen_equal_gallery_top1"] = round(top_k_accuracy(emb["val"][q] @ emb["train"][five].T, lab["val"][q],
+                                                            lab["train"][five]), 4)
     out["unseen_items"], out["unseen_queries"] = len({x for x in lab["val"][q]}), int(q.sum())
     return out
 
@@ -172,8 +186,11 @@ def run_rate(run_dir: Path) -> dict:
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [m["img_per_s"] for m in lines if m.get("kind") == "train" and m.get("img_per_s")]
     state = json.loads((run_dir / "state.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    head = json.loads((run_dir / "head.json").read_text())["head"] if (run_dir / "head.json").exists() else "projection"
     return {"img_per_s": round(float(rates[-1]), 1) if rates else None,
-            "epochs": round(state["step"] / max(1, state["steps_per_epoch"]), 1)}
+            "epochs": round(state["step"] / max(1, state["steps_per_epoch"]), 1),
+            "precision": config.get("train", {}).get("loop", {}).get("precision", "auto"), "head": head}
 
 
 def embed_run(run_dir: Path, qs: QuerySets) -> dict[str, np.ndarray]:
@@ -236,7 +253,8 @@ def main() -> int:
 
     from trainer.loop import autocast_dtype
 
-    amp = autocast_dtype(torch.device("cpu"), "auto")
+    asked = a.fit_arg[a.fit_arg.index("--precision") + 1] if "--precision" in a.fit_arg[:-1] else "auto"
+    amp = autocast_dtype(torch.device("cpu"), asked)
     result = {"time": stamp, "minutes_per_run": None if a.eval_run else a.minutes, "seed": a.seed, "cpu_count": os.cpu_count(),
               "cpu_flags": cpu_flags(), "torch": torch.__version__, "fit_args": a.fit_arg, "unseen": a.unseen,
               "training_precision": "bf16 autocast" if amp is torch.bfloat16 else "fp32",
@@ -259,8 +277,8 @@ def markdown(r: dict) -> str:
              f"{r.get('training_precision', 'fp32')}"
              + (f", fit flags {' '.join(r['fit_args'])}" if r.get("fit_args") else "") + ".", "",
              "| method | top-1 | top-5 | mAP | iconic R@1 | iconic R@5 | held up | clip frame | clip pres. "
-             + ("| unseen top-1 | unseen top-5 " if r.get("unseen") else "") + "| epochs | img/s |",
-             "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if r.get("unseen") else "") + "---|---|"]
+             + ("| unseen top-1 | unseen top-5 | among new only | 5-photo galleries " if r.get("unseen") else "") + "| epochs | img/s | precision, head |",
+             "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if r.get("unseen") else "") + "---|---|---|"]
 
     def f(v: dict, k: str) -> str:
         return f"{v[k]:.3f}" if k in v else ""
@@ -270,8 +288,10 @@ def markdown(r: dict) -> str:
         cells = [f(v, k) for k in ("top1", "top5", "mAP", "iconic_recall@1", "iconic_recall@5", "held_up_top1",
                                    "clip_frame_top1", "clip_presentation_top1")]
         if r.get("unseen"):
-            cells += [f(v, "unseen_top1"), f(v, "unseen_top5")]
-        cells += [str(t.get("epochs", "")), str(t.get("img_per_s", ""))]
+            cells += [f(v, k) for k in ("unseen_top1", "unseen_top5", "unseen_among_new_top1",
+                                        "unseen_equal_gallery_top1")]
+        cells += [str(t.get("epochs", "")), str(t.get("img_per_s", "")),
+                  f"{t.get('precision', '')}, {t.get('head', '')}" if t else ""]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for name, v in r["rows"].items():
         cats = ", ".join(f"{k[5:]} {v[k]:.3f}" for k in sorted(v) if k.startswith("top1_"))
