@@ -51,7 +51,9 @@ DEFAULT_BACKBONE = "lite0"
 # 7 stages frozen and a pool of 8 cached views, backbone at half the head's
 # learning rate: val top-1 0.811 (30 min); 160 px 0.763 (17 min); freezing 4
 # stages at 160 px 0.747 and 1.6x slower. Freezing fewer stages without the
-# pool trains at 10-17 images/s and reached 0.48 in 10 minutes.
+# pool trains at 10-17 images/s and reached 0.48 in 10 minutes. The whitened
+# head (trainer/whiten.py) then took the two 224 px seeds to 0.841; scratch
+# keeps its trained projection (the head was not measured on it).
 BACKBONE_DEFAULTS: dict[str, dict[str, float | int | str]] = {
     "lite0": {"size": LITE0_INPUT.size, "lr": 2e-3, "backbone_lr": 0.5, "freeze": 5, "drop_path": 0.0,
               "cut": "head", "cache_views": 8, "early_size": 0, "head": "whitened"},

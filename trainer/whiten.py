@@ -15,9 +15,12 @@ gradient):
 
 Both fold into one ``Linear(channels, embedding_size)`` with the projection's
 shape, so the ONNX graph, the index and every contract downstream are
-unchanged. On the grocery benchmark (two seeds of the default Lite0 recipe,
-val photos against the train split) it lifted top-1 0.811/0.824 -> 0.841/0.841
-and top-5 0.963/0.963 -> 0.986/0.973 (bench/results/retrieval-*-head-*).
+unchanged. On the grocery benchmark (val photos against the train split;
+bench/results/retrieval-20261202-081807-head.md) it lifted top-1 0.811/0.824
+-> 0.841/0.841 and top-5 0.963/0.963 -> 0.987/0.973 on two seeds of the
+default Lite0 recipe, and moved a `--precision fp32` run by -0.006 (0.790 ->
+0.784). Products enrolled later without retraining did not gain (bench
+--unseen: 0.433 -> 0.403 top-1, two of 67 photos).
 
 The head lives beside the run's weights as ``head.safetensors`` (with
 ``head.json``: what it was fitted on and the sha256 of the ``best`` weights
@@ -43,9 +46,9 @@ log = logging.getLogger(__name__)
 
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_INFO = "head.json"
-# Shrinkage of the within-class covariance toward a multiple of the identity:
-# 0.5 and 0.8 scored within one val photo of each other at 128 and 256
-# dimensions; 0.1 was 0.004-0.008 lower (bench notes in the module docstring).
+# Shrinkage of the within-class covariance toward a multiple of the identity.
+# On the two default runs' features (val top-1): 0.5 and 0.8 within two val
+# photos of each other at 128 and 256 dimensions; 0.1 up to 0.007 lower.
 SHRINK = 0.5
 # A covariance of D dimensions needs several times D photos to be estimated;
 # below this the trained projection is kept.
