@@ -114,3 +114,37 @@ def test_int8_export_is_a_trt_parsable_qdq_graph_close_to_pytorch(lite0_export, 
     assert "real images" in info.parity["calibration"]
     assert path.stat().st_size < 0.4 * (lite0_export[0] / "encoder.onnx").stat().st_size
     assert {p.key: p.value for p in model.metadata_props}["kiosk.precision"] == "int8"
+
+
+@pytest.mark.parametrize("n,size", [(256, 16), (12, 12), (40, 10), (37, 1), (0, 1)])
+def test_calibration_passes_divide_the_images(n, size):
+    from trainer.quantize import pass_size
+
+    assert pass_size(n) == size
+
+
+def test_calibration_in_passes_matches_one_pass(lite0_export, tiny_catalogue, tmp_path, monkeypatch):
+    """Calibrating in passes (histograms merged, memory bounded) gives the
+    activation scales of calibrating on all images at once."""
+    from onnx import numpy_helper
+
+    from models.catalogue import iter_images, load_catalogue
+    from trainer import quantize
+
+    bundle, info, _ = lite0_export
+    images = [img for _, img in iter_images(load_catalogue(tiny_catalogue).entries)] * 3  # 36
+    scales, passes = {}, []
+    set_range = quantize._Reader.set_range
+    monkeypatch.setattr(quantize._Reader, "set_range", lambda self, start_index, end_index: (
+        passes.append((start_index, end_index)), set_range(self, start_index, end_index)))
+    for most in (36, 4):   # one pass; nine passes of 4
+        monkeypatch.setattr(quantize, "CALIBRATION_PASS", most)
+        out = tmp_path / f"q{most}.onnx"
+        quantize.quantize_int8(bundle / "encoder.onnx", out, images, info.input)
+        model = onnx.load(str(out))
+        scales[most] = {t.name: float(numpy_helper.to_array(t)) for t in model.graph.initializer
+                        if t.name.endswith("_scale") and numpy_helper.to_array(t).size == 1}
+    assert passes == [(0, 36)] + [(i, i + 4) for i in range(0, 36, 4)]
+    assert scales[36].keys() == scales[4].keys() and len(scales[36]) > 40
+    ratio = np.array([scales[4][k] / scales[36][k] for k in scales[36]])
+    assert np.all(np.abs(ratio - 1) < 0.1), ratio[np.abs(ratio - 1) >= 0.1]
