@@ -145,3 +145,19 @@ def test_head_command_on_a_missing_run_is_one_line(tmp_path, capsys):
     assert main(["head", str(tmp_path / "nope")]) != 0
     err = capsys.readouterr().err.strip()
     assert "nope" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("backbone,head", [("lite0", "whitened"), ("scratch", "projection")])
+def test_the_head_default_follows_the_backbone(backbone, head):
+    import argparse
+
+    from trainer.fit import _resolve_defaults, add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    a = p.parse_args(["cat", "--out", "o", "--backbone", backbone])
+    _resolve_defaults(a)
+    assert a.head == head
+    a = p.parse_args(["cat", "--out", "o", "--backbone", backbone, "--head", "projection"])
+    _resolve_defaults(a)
+    assert a.head == "projection"
