@@ -126,30 +126,31 @@ def figures(emb: dict[str, np.ndarray], qs: QuerySets) -> dict[str, float]:
     return out
 
 
+def first_photos(labels: np.ndarray, n: int) -> np.ndarray:
+    """Mask of each label's first ``n`` photos, in gallery order."""
+    seen: Counter = Counter()
+    mask = np.zeros(len(labels), dtype=bool)
+    for i, lab_ in enumerate(labels):
+        mask[i], seen[lab_] = seen[lab_] < n, seen[lab_] + 1
+    return mask
+
+
 def unseen_figures(emb: dict[str, np.ndarray], qs: QuerySets, held: set[str]) -> dict[str, float]:
     """Val photos of held-out items ranked among all products, each held-out
     item enrolled from its first ENROL_PHOTOS train photos."""
     lab = qs.labels
-    keep = np.array([(lab_ not in held) for lab_ in lab["train"]])
-    first: dict[str, int] = {}
-    for i, lab_ in enumerate(lab["train"]):
-        if lab_ in held and first.get(lab_, 0) < ENROL_PHOTOS:
-            keep[i] = True
-            first[lab_] = first.get(lab_, 0) + 1
+    new = np.array([lab_ in held for lab_ in lab["train"]])
+    keep = ~new | first_photos(lab["train"], ENROL_PHOTOS)
     q = np.array([lab_ in held for lab_ in lab["val"]])
     rep = retrieval_report(emb["val"][q] @ emb["train"][keep].T, lab["val"][q], lab["train"][keep], ks=(1, 5))
     out = {f"unseen_{k}": round(float(v), 4) for k, v in rep.items() if k in ("top1", "top5", "mAP")}
     # Where the misses come from: ranked among the held-out products only (the
     # embedding tells new products apart?), and with every product's gallery cut
     # to its first ENROL_PHOTOS photos (a 30-photo product against a 5-photo one).
-    only = keep & np.array([lab_ in held for lab_ in lab["train"]])
+    only = keep & new
     out["unseen_among_new_top1"] = round(top_k_accuracy(emb["val"][q] @ emb["train"][only].T, lab["val"][q],
                                                         lab["train"][only]), 4)
-    n_seen: Counter = Counter()
-    five = np.zeros(len(keep), dtype=bool)
-    for i, lab_ in enumerate(lab["train"]):
-        if keep[i] and n_seen[lab_] < ENROL_PHOTOS:
-            five[i], n_seen[lab_] = True, n_seen[lab_] + 1
+    five = first_photos(lab["train"], ENROL_PHOTOS)
     out["unseen_equal_gallery_top1"] = round(top_k_accuracy(emb["val"][q] @ emb["train"][five].T, lab["val"][q],
                                                             lab["train"][five]), 4)
     out["unseen_items"], out["unseen_queries"] = len({x for x in lab["val"][q]}), int(q.sum())

@@ -169,6 +169,9 @@ class AutoEncoder(nn.Module):
         self.cfg = cfg
         self.encoder = build_encoder(cfg)
         self.decoder = Decoder(cfg, self.encoder.feature_channels)
+        # Which projection the encoder carries: "whitened" once trainer.checkpoint
+        # has loaded a fitted head (trainer/whiten.py) over the trained one.
+        self.embedding_head = "projection"
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (normalised embedding, raw embedding, reconstruction at half resolution)."""

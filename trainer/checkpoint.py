@@ -87,7 +87,8 @@ def load_model(run_dir: str | Path, which: str = "best",
                head: bool = True) -> tuple[AutoEncoder, NetConfig, str]:
     """Rebuild the autoencoder of a run with its ``best`` or ``last`` weights;
     with ``head`` (the default) the whitened head replaces the trained
-    projection when the run has one fitted on exactly these weights."""
+    projection when the run has one fitted on exactly these weights
+    (``model.embedding_head`` then says "whitened")."""
     from trainer.whiten import HEAD_WEIGHTS
 
     run_dir = Path(run_dir)
@@ -103,6 +104,7 @@ def load_model(run_dir: str | Path, which: str = "best",
         raise RunError(f"{weights}: cannot load weights ({exc})") from None
     if head and head_fits(run_dir, which):
         _load_head(model, run_dir / HEAD_WEIGHTS)
+        model.embedding_head = "whitened"
     model.eval()
     return model, net, run_id
 

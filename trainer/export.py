@@ -33,7 +33,7 @@ from models.images import read_image
 from models.indexing import EXPORT_INFO, ExportInfo, commit_dir, staging
 from models.netconfig import NetConfig
 from models.preprocess import preprocess_batch
-from trainer.checkpoint import head_fits, load_model, read_config
+from trainer.checkpoint import load_model, read_config
 
 __all__ = ["ExportError", "OPSET", "export_onnx", "check_parity", "export_run"]
 
@@ -164,7 +164,6 @@ def export_run(run_dir: Path, out: Path, check_images: Path | None = None, force
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(f"{out}: already exists and is not empty (use --force to replace it)")
     model, net, run_id = load_model(run_dir, which)
-    head = "whitened" if head_fits(run_dir, which) else "projection"
     pretrained = read_config(run_dir)[2].get("pretrained")
     images, source = _check_images(check_images, run_dir, net.input.size)
     data = export_onnx(model.encoder, net, run_id)
@@ -184,7 +183,7 @@ def export_run(run_dir: Path, out: Path, check_images: Path | None = None, force
             parity = _quantize(model.encoder, onnx_path, net, check_images, run_dir, images, source)
         info = ExportInfo(run_id=run_id, embedding_size=net.embedding_size, input=net.input,
                           opset=OPSET, encoder_sha256=sha256_file(onnx_path), backbone=net.backbone,
-                          precision="int8" if int8 else "fp32", head=head,
+                          precision="int8" if int8 else "fp32", head=model.embedding_head,
                           pretrained=pretrained if isinstance(pretrained, str) else None,
                           parity={**parity, "images": source}, created=utc_now_iso())
         atomic_write_bytes(stage / EXPORT_INFO, (info.model_dump_json(indent=2) + "\n").encode())
@@ -227,8 +226,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true",
                    help="quantize the encoder to INT8 (ONNX Runtime static quantization, calibrated on "
                         "256 photos of --check-images or the run's catalogue): about a third of the "
-                        "size, the same accuracy; on an x86 CPU ONNX Runtime runs it 1.4-2.8x slower than "
-                        "fp32 (bench/encoder_speed.py); TensorRT builds it as explicit INT8")
+                        "size, the same accuracy; in ONNX Runtime on a 2-core x86 kiosk about the speed of "
+                        "fp32 (bench/runtime.py); TensorRT builds it as explicit INT8")
 
 
 def run(args: argparse.Namespace) -> int:
