@@ -189,9 +189,11 @@ def run_rate(run_dir: Path) -> dict:
     state = json.loads((run_dir / "state.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     head = json.loads((run_dir / "head.json").read_text())["head"] if (run_dir / "head.json").exists() else "projection"
+    pool = [m for m in lines if m.get("kind") == "pool"]
     return {"img_per_s": round(float(rates[-1]), 1) if rates else None,
             "epochs": round(state["step"] / max(1, state["steps_per_epoch"]), 1),
-            "precision": config.get("train", {}).get("loop", {}).get("precision", "auto"), "head": head}
+            "precision": config.get("train", {}).get("loop", {}).get("precision", "auto"), "head": head,
+            **({"pool_views": pool[-1]["views"], "pool_s": pool[-1]["seconds"]} if pool else {})}
 
 
 def embed_run(run_dir: Path, qs: QuerySets) -> dict[str, np.ndarray]:
@@ -278,7 +280,7 @@ def markdown(r: dict) -> str:
              f"{r.get('training_precision', 'fp32')}"
              + (f", fit flags {' '.join(r['fit_args'])}" if r.get("fit_args") else "") + ".", "",
              "| method | top-1 | top-5 | mAP | iconic R@1 | iconic R@5 | held up | clip frame | clip pres. "
-             + ("| unseen top-1 | unseen top-5 | among new only | 5-photo galleries " if r.get("unseen") else "") + "| epochs | img/s | precision, head |",
+             + ("| unseen top-1 | unseen top-5 | among new only | 5-photo galleries " if r.get("unseen") else "") + "| epochs | img/s | precision, head, view pool |",
              "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if r.get("unseen") else "") + "---|---|---|"]
 
     def f(v: dict, k: str) -> str:
@@ -291,8 +293,9 @@ def markdown(r: dict) -> str:
         if r.get("unseen"):
             cells += [f(v, k) for k in ("unseen_top1", "unseen_top5", "unseen_among_new_top1",
                                         "unseen_equal_gallery_top1")]
+        pool = f", {t['pool_views']} views in {t['pool_s'] / 60:.1f} min" if "pool_views" in t else ""
         cells += [str(t.get("epochs", "")), str(t.get("img_per_s", "")),
-                  f"{t.get('precision', '')}, {t.get('head', '')}" if t else ""]
+                  f"{t.get('precision', '')}, {t.get('head', '')}{pool}" if t else ""]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for name, v in r["rows"].items():
         cats = ", ".join(f"{k[5:]} {v[k]:.3f}" for k in sorted(v) if k.startswith("top1_"))

@@ -301,6 +301,10 @@ class FitHooks(TrainHooks):
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(obj) + "\n")
 
+    def on_pool(self, tr: Trainer, views: int, seconds: float) -> None:
+        if self.d.main:
+            self._append({"kind": "pool", "views": views, "seconds": round(seconds, 1), "time": round(time.time(), 1)})
+
     def on_step(self, tr: Trainer, progress: float, losses: dict, rate: float, lr: float) -> None:
         if self.bar is not None:
             self.bar.n = min(1000, int(progress * 1000))
@@ -342,7 +346,8 @@ class FitHooks(TrainHooks):
         if len(tr.val_idx) == 0 or tr.best is None:
             ck.save_weights(rd / "best.safetensors", tr.model.state_dict())
         ck.save_json(rd / "state.json", {
-            "step": tr.step, "epoch": tr.epoch, "elapsed_s": round(elapsed, 2), "best_val_mAP": tr.best,
+            "step": tr.step, "epoch": tr.epoch, "elapsed_s": round(elapsed, 2), "setup_s": round(tr.setup_s, 2),
+            "best_val_mAP": tr.best,
             "best_val_top1": tr.best_top1, "best_step": tr.best_step, "steps_per_epoch": tr.steps_per_epoch,
             "optimizer": {"param_groups": [{k: v for k, v in g.items() if k != "params"}
                                            for g in tr.opt.state_dict()["param_groups"]]},
@@ -388,6 +393,7 @@ def _restore(tr: Trainer, run_dir: Path, state: dict) -> None:
     tr.opt.load_state_dict(sd)
     tr.step = int(state["step"])
     tr.elapsed_before = float(state.get("elapsed_s", 0.0))
+    tr.setup_s = float(state.get("setup_s", 0.0))
     tr.best = state.get("best_val_mAP")  # runs from before selection by mAP: None, the next validation decides
     tr.best_top1, tr.best_step = state.get("best_val_top1"), state.get("best_step")
     if state.get("grad_scaler") and tr.amp:

@@ -4,7 +4,10 @@ Each step: a batch of photos from the in-memory cache, two distorted views
 each (made by a background thread, so OpenCV work overlaps the network), one
 encoder pass over both views, then the weighted objective of trainer.losses.
 Schedule, stopping and checkpoints follow one "progress" number in [0, 1]:
-max(step / total steps, elapsed / time budget), agreed by all DDP ranks.
+max(step / total steps, training time / training budget), agreed by all DDP
+ranks. Training time leaves out the setup (the view pool, trainer.pool), so
+warm-up and decay span the steps actually trained, and the run still ends
+when the whole budget is spent.
 Progressive resizing: views are cut at ``early_size`` until ``early_until``
 of that progress, then at the input size (the batch thread reads its own
 clock, so under a time budget DDP ranks may switch a few steps apart; each
@@ -64,6 +67,7 @@ class LoopConfig:
     freeze: int = 0  # pretrained backbone: stem and this many stages kept at their weights
     drop_path: float = 0.0  # pretrained backbone: stochastic depth rate of its last block
     cache_views: int = 0  # pretrained backbone: views per photo kept as the frozen stages' output (0: none)
+    pool_share: float = 0.25  # under --minutes: the most of the budget the view pool may take (>= 2 views)
     epochs: float | None = None
     minutes: float | None = None
     seed: int = 0
@@ -225,6 +229,7 @@ class Trainer:
                 self.module, device_ids=[d.device.index] if d.device.type == "cuda" else None,
                 find_unused_parameters=unused)
         self.step, self.epoch, self.elapsed_before = 0, 0, 0.0
+        self.setup_s = 0.0  # of elapsed: building the view pool (left out of the schedule's clock)
         self._t0: float | None = None  # monotonic start of the current run() (read by the batch thread)
         self.best: float | None = None  # held-out mAP of best.safetensors
         self.best_top1: float | None = None
@@ -353,7 +358,9 @@ class Trainer:
         if c.epochs is not None:
             p = max(p, (self.step if step is None else step) / max(1.0, c.epochs * self.steps_per_epoch))
         if c.minutes is not None:
-            p = max(p, elapsed / max(1e-6, c.minutes * 60.0))
+            budget = c.minutes * 60.0
+            setup = min(self.setup_s, 0.9 * budget)
+            p = max(p, (elapsed - setup) / max(1e-6, budget - setup))
         return p
 
     def run(self, hooks: TrainHooks) -> int:
@@ -362,13 +369,17 @@ class Trainer:
         last_val = last_save = last_log = t0
         seen, t_rate, sums, n_sums = 0, t0, {}, 0
         if c.cache_views and self.pool is None:
+            budget = None if c.minutes is None else max(0.0, c.pool_share * c.minutes * 60.0 - self.elapsed_before)
             chunks = Prefetcher(self._pool_chunks())
             try:
                 self.pool = ViewPool.build(self.model.encoder.backbone, iter(chunks.get, None),
-                                           len(self.train_idx), c.cache_views, self.d.device, self.autocast)
+                                           len(self.train_idx), c.cache_views, self.d.device, self.autocast,
+                                           budget)
             finally:
                 chunks.close()
             t_rate = time.monotonic()
+            self.setup_s += self.d.max_float(t_rate - t0)  # one schedule on every DDP rank
+            hooks.on_pool(self, self.pool.views, t_rate - t0)
         self.module.train()
         pre = Prefetcher(self._stream(self.step))
         try:
@@ -460,6 +471,8 @@ def _param_groups(module: nn.Module, cfg: LoopConfig) -> list[dict]:
 
 class TrainHooks:
     """Side effects of the loop (progress bar, metrics file, checkpoints), see trainer.fit."""
+
+    def on_pool(self, tr: Trainer, views: int, seconds: float) -> None: ...
 
     def on_step(self, tr: Trainer, progress: float, losses: dict, rate: float, lr: float) -> None: ...
 

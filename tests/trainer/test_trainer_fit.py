@@ -155,6 +155,18 @@ def test_progressive_resizing_makes_small_views_early_then_full_size(tiny_catalo
     assert all(np.isfinite(m["loss"]) for m in train)
 
 
+def test_schedule_clock_leaves_out_the_setup_and_the_run_ends_on_budget(tiny_catalogue):
+    from trainer.loop import LoopConfig, lr_at
+
+    tr = _tiny_trainer(tiny_catalogue, LoopConfig(minutes=10))
+    assert [tr.progress(t) for t in (0, 300, 600)] == [0.0, 0.5, 1.0]
+    tr.setup_s = 300.0  # the view pool took half the budget: warm-up starts when training does
+    assert [tr.progress(t) for t in (300, 450, 600)] == [0.0, 0.5, 1.0]
+    assert lr_at(tr.progress(300), 1.0, 0.03) == 0.01
+    tr.setup_s = 900.0  # a setup past the budget still ends the run at the budget
+    assert tr.progress(600) == 1.0
+
+
 def test_default_early_size_is_two_thirds_of_the_input_or_off():
     from trainer.fit import default_early_size
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from trainer_helpers import state
+from torch import nn
+from trainer_helpers import metrics, state
 
 from trainer.cli import main
 from trainer.pool import ViewPool, paste_box_t
@@ -34,11 +37,39 @@ def test_paste_box_t_takes_the_partner_box():
     assert (out[0, :, 1:3, 0:2] == 2).all() and (out[0, :, 0] == 1).all() and (x[0] == 1).all()
 
 
+class _SlowFrozenPart(nn.Module):
+    """Stands in for Lite0's frozen stages with a known pace: 0.1 s a chunk."""
+
+    def frozen_part(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.1)
+        return x[:, :1, :1, :1] * 1.0
+
+
+def _chunks(n: int, views: int):
+    """Two chunks per view; each photo's value is 10 * view + photo."""
+    for v in range(views):
+        for s in range(0, n, 2):
+            yield s, v, torch.tensor([10.0 * v + i for i in range(s, min(n, s + 2))]).reshape(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("budget,views", [(None, 8), (0.75, 3), (0.01, 2)])
+def test_pool_stops_at_the_last_view_its_time_budget_fits(budget, views):
+    # 0.2 s a view: with 0.75 s, after 2 views (0.4 s) a third ends by 0.6 s, a fourth would not;
+    # with a budget shorter than one view, still the two views a pair needs
+    pool = ViewPool.build(_SlowFrozenPart(), _chunks(4, 8), 4, 8, torch.device("cpu"), None, budget)
+    assert pool.views == views and pool.feats.shape == (4, views, 1, 1, 1)
+    expect = torch.tensor([[10.0 * v + i for v in range(views)] for i in range(4)])
+    assert torch.equal(pool.feats.float().reshape(4, views), expect)
+
+
 def test_cached_training_keeps_frozen_stages_and_trains_the_rest(tiny_catalogue, tmp_path):
     out = tmp_path / "run"
     assert main(["fit", str(tiny_catalogue), "--out", str(out), *LITE0_TINY, "--freeze", "4",
                  "--cache-views", "2", "--epochs", "3"]) == 0
     assert state(out)["step"] == 6  # 3 epochs of the tiny catalogue's batches
+    pool = [m for m in metrics(out) if m["kind"] == "pool"]
+    assert len(pool) == 1 and pool[0]["views"] == 2 and pool[0]["seconds"] >= 0
+    assert state(out)["setup_s"] == pytest.approx(pool[0]["seconds"], abs=0.06)  # rounded to 0.01 and 0.1
     trained = load_file(str(out / "last.safetensors"))
     imagenet = load_lite0_state()
     frozen = "encoder.backbone._blocks.7._depthwise_conv.weight"  # stage 3's last block: frozen
