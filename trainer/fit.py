@@ -39,6 +39,7 @@ from trainer.ddp import Dist, setup, teardown
 from trainer.distort import DEFAULT_KIOSK, DEFAULT_MIN_AREA, check_min_area, check_share
 from trainer.loop import LoopConfig, Trainer, TrainHooks
 from trainer.losses import OBJECTIVES
+from trainer.memory import keep_freed_memory
 
 __all__ = ["add_arguments", "run"]
 
@@ -132,7 +133,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-views", type=int, metavar="N",
                    help="lite0: before training, make N distorted views of every photo and keep the frozen "
                         "stages' output for them; training then runs only the stages it trains (0 = new views "
-                        f"every step; default {BACKBONE_DEFAULTS['lite0']['cache_views']})")
+                        f"every step; default {BACKBONE_DEFAULTS['lite0']['cache_views']}); under --minutes, only "
+                        "the views that fit in a quarter of the budget, at least 2")
     p.add_argument("--drop-path", type=float,
                    help="lite0: stochastic depth rate of the last block (default "
                         f"{BACKBONE_DEFAULTS['lite0']['drop_path']})")
@@ -405,6 +407,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_out(out, args.resume)
     cat = load_catalogue(args.catalogue)
+    keep_freed_memory()
     d = setup(args.device)
     try:
         return _fit(args, out, cat, d)

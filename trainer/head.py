@@ -20,7 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trainer.memory import keep_freed_memory
     from trainer.whiten import fit_head
 
+    keep_freed_memory()
     print(json.dumps(fit_head(args.run_dir, args.catalogue)))
     return 0
