@@ -4,12 +4,12 @@ the kernel after every step.
 glibc's malloc serves each block over 32 MB (activations of a 64-photo
 batch at 224 px are 10-100 MB) with a fresh mmap and unmaps it on free, so
 the next step page-faults the same memory in again, zeroing it page by page.
-On the 2-core AVX2 development VM that was two thirds of the CPU time of the
-view pool's build (trainer.pool): the frozen stages took 330 ms a photo,
-12 s of every 21 s in the kernel, and 150 ms with mmap off and trimming
-raised (bench/pool_speed.py). The price is a higher peak RSS
-(about +20% in a training-step benchmark): memory once used stays with the
-process until it exits.
+On the 2-core AVX2 development VM the view pool's frozen stages (trainer.pool)
+took 47.9 ms a photo with 7.1 of every 11.6 CPU seconds in the kernel, and
+18.6 ms with mmap off and trimming raised (bench/pool_speed.py,
+bench/results/pool-speed-20261202-120742.md). The price is a higher peak RSS
+(1.13 -> 1.76 GB there): memory once used stays with the process until it
+exits.
 """
 
 from __future__ import annotations
