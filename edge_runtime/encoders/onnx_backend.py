@@ -8,6 +8,7 @@ size is a BundleError naming the file, not a shape error on the first frame.
 from __future__ import annotations
 
 import logging
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,30 @@ from edge_runtime.encoders.base import check_batch
 from models.errors import BundleError
 from models.preprocess import PreprocessSpec
 
-__all__ = ["OnnxEncoder", "read_onnx_metadata"]
+__all__ = ["OnnxEncoder", "read_onnx_metadata", "int8_kernels_exact"]
 
 log = logging.getLogger(__name__)
+
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_kernels_exact(cpuinfo: str | None = None, machine: str | None = None) -> bool:
+    """Whether ONNX Runtime's fused INT8 kernels compute an INT8 (QDQ) encoder
+    as quantized. On x86-64 without VNNI they multiply u8 x s8 pairs into
+    saturating int16 sums (VPMADDUBSW), and the sample INT8 encoder's
+    embedding of its own probe photo came out at cosine 0.71 to the stored
+    one on a 2-core AVX2 CPU; ARM's dot-product kernels and VNNI do not
+    saturate. ``cpuinfo``/``machine`` default to this machine's."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False  # unknown x86: take the exact path
+    flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), [])
+    return any(f in flags for f in _VNNI_FLAGS)
 
 
 def _session(path: Path, threads: int | None, providers: list[str] | None):
@@ -34,6 +56,11 @@ def _session(path: Path, threads: int | None, providers: list[str] | None):
     # loop (every frame encoded, val-clip.mp4: 55 -> 80 frames/s with spinning off;
     # bench/runtime.py, README Benchmarks).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not int8_kernels_exact():
+        # Run Quantize/DequantizeLinear as written (float convolutions on
+        # int8-rounded values) instead of fusing them into the saturating
+        # integer kernels; a float encoder has no such nodes and is unchanged.
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     if providers is None:
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]

@@ -220,3 +220,41 @@ def test_onnxruntime_threads_sleep_instead_of_spinning(bundle):
         assert opts.intra_op_num_threads == 2
     finally:
         enc.close()
+
+
+@pytest.mark.parametrize("flags,machine,exact", [
+    ("fpu avx avx2 fma", "x86_64", False),            # AVX2 only: saturating u8 x s8 kernels
+    ("avx2 avx512f avx512_vnni", "x86_64", True),
+    ("avx2 avx_vnni", "AMD64", True),
+    ("fp asimd asimddp", "aarch64", True),            # Jetson: dot-product kernels
+])
+def test_int8_fusion_is_kept_only_where_its_kernels_are_exact(flags, machine, exact):
+    from edge_runtime.encoders.onnx_backend import int8_kernels_exact
+
+    assert int8_kernels_exact(f"processor\t: 0\nflags\t\t: {flags}\n", machine) is exact
+
+
+def test_int8_encoder_unfused_reproduces_its_probe_vectors(monkeypatch):
+    """The shipped INT8 sample encoder, run with its Quantize/DequantizeLinear
+    nodes as written (what a CPU without VNNI gets), embeds its probe photos
+    as the bundle stored them."""
+    import json
+    from pathlib import Path
+
+    from edge_runtime.encoders import onnx_backend
+    from models.images import read_image
+    from models.preprocess import preprocess
+
+    sample = Path(__file__).resolve().parents[2] / "sample/bundle"
+    monkeypatch.setattr(onnx_backend, "int8_kernels_exact", lambda *a: False)
+    m = read_manifest(sample)
+    enc = onnx_backend.OnnxEncoder(sample / "encoder.onnx", m.input, m.embedding_size, threads=2)
+    try:
+        assert enc._sess.get_session_options().get_session_config_entry("session.disable_quant_qdq") == "1"
+        stored = np.load(sample / "embeddings.npy")
+        probes = json.loads((sample / "probes.json").read_text())["probes"]
+        x = np.stack([preprocess(read_image(sample / p["file"]), m.input) for p in probes])
+        cos = np.sum(enc.encode(x) * stored[[p["vector"] for p in probes]], axis=1)
+        assert cos.min() >= 0.99, cos
+    finally:
+        enc.close()
