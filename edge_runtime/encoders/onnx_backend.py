@@ -7,6 +7,7 @@ size is a BundleError naming the file, not a shape error on the first frame.
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 from pathlib import Path
@@ -43,6 +44,12 @@ def int8_kernels_exact(cpuinfo: str | None = None, machine: str | None = None) -
     return any(f in flags for f in _VNNI_FLAGS)
 
 
+@functools.cache
+def _this_cpu_int8_exact() -> bool:
+    """int8_kernels_exact() for this machine, read once per process."""
+    return int8_kernels_exact()
+
+
 def _session(path: Path, threads: int | None, providers: list[str] | None):
     import onnxruntime as ort
 
@@ -56,7 +63,7 @@ def _session(path: Path, threads: int | None, providers: list[str] | None):
     # loop (every frame encoded, val-clip.mp4: 55 -> 80 frames/s with spinning off;
     # bench/runtime.py, README Benchmarks).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if not int8_kernels_exact():
+    if not _this_cpu_int8_exact():
         # Run Quantize/DequantizeLinear as written (float convolutions on
         # int8-rounded values) instead of fusing them into the saturating
         # integer kernels; a float encoder has no such nodes and is unchanged.

@@ -246,7 +246,7 @@ def test_int8_encoder_unfused_reproduces_its_probe_vectors(monkeypatch):
     from models.preprocess import preprocess
 
     sample = Path(__file__).resolve().parents[2] / "sample/bundle"
-    monkeypatch.setattr(onnx_backend, "int8_kernels_exact", lambda *a: False)
+    monkeypatch.setattr(onnx_backend, "_this_cpu_int8_exact", lambda: False)
     m = read_manifest(sample)
     enc = onnx_backend.OnnxEncoder(sample / "encoder.onnx", m.input, m.embedding_size, threads=2)
     try:
