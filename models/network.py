@@ -172,6 +172,7 @@ class AutoEncoder(nn.Module):
         # Which projection the encoder carries: "whitened" once trainer.checkpoint
         # has loaded a fitted head (trainer/whiten.py) over the trained one.
         self.embedding_head = "projection"
+        self.embedding_blend = 1.0  # share of the fine-tuned backbone in it (trainer/whiten.py)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (normalised embedding, raw embedding, reconstruction at half resolution)."""

@@ -89,7 +89,7 @@ def load_model(run_dir: str | Path, which: str = "best",
     with ``head`` (the default) the whitened head replaces the trained
     projection when the run has one fitted on exactly these weights
     (``model.embedding_head`` then says "whitened")."""
-    from trainer.whiten import HEAD_WEIGHTS
+    from trainer.whiten import HEAD_INFO, HEAD_WEIGHTS
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -105,6 +105,7 @@ def load_model(run_dir: str | Path, which: str = "best",
     if head and head_fits(run_dir, which):
         _load_head(model, run_dir / HEAD_WEIGHTS)
         model.embedding_head = "whitened"
+        model.embedding_blend = float(read_json(run_dir / HEAD_INFO).get("blend", 1.0))
     model.eval()
     return model, net, run_id
 
@@ -126,18 +127,20 @@ def head_fits(run_dir: Path, which: str = "best") -> bool:
 
 
 def _load_head(model: AutoEncoder, path: Path) -> None:
-    proj = model.encoder.proj
+    """The head file: the projection, plus the backbone tensors it was fitted
+    on when the backbone was blended with its ImageNet start (trainer/whiten.py)."""
     try:
         head = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types
         raise RunError(f"{path}: cannot load the head ({exc})") from None
-    want = {"encoder.proj.weight": proj.weight, "encoder.proj.bias": proj.bias}
-    if set(head) != set(want) or any(head[k].shape != v.shape for k, v in want.items()):
-        raise RunError(f"{path}: holds {sorted(head)} with shapes "
-                       f"{[tuple(t.shape) for t in head.values()]}, not this network's projection")
-    with torch.no_grad():
-        for k, v in want.items():
-            v.copy_(head[k])
+    own = model.state_dict()
+    proj = {"encoder.proj.weight", "encoder.proj.bias"}
+    bad = [k for k, v in head.items() if k not in own or v.shape != own[k].shape
+           or not (k in proj or k.startswith("encoder.backbone."))]
+    if bad or not proj <= set(head):
+        what = f"{bad[0]} {tuple(head[bad[0]].shape)}" if bad else f"no {sorted(proj - set(head))[0]}"
+        raise RunError(f"{path}: {what}: not a head of this network")
+    model.load_state_dict(head, strict=False)
 
 
 load_run = load_model

@@ -184,6 +184,7 @@ def export_run(run_dir: Path, out: Path, check_images: Path | None = None, force
         info = ExportInfo(run_id=run_id, embedding_size=net.embedding_size, input=net.input,
                           opset=OPSET, encoder_sha256=sha256_file(onnx_path), backbone=net.backbone,
                           precision="int8" if int8 else "fp32", head=model.embedding_head,
+                          blend=model.embedding_blend,
                           pretrained=pretrained if isinstance(pretrained, str) else None,
                           parity={**parity, "images": source}, created=utc_now_iso())
         atomic_write_bytes(stage / EXPORT_INFO, (info.model_dump_json(indent=2) + "\n").encode())

@@ -40,6 +40,7 @@ from trainer.distort import DEFAULT_KIOSK, DEFAULT_MIN_AREA, check_min_area, che
 from trainer.loop import LoopConfig, Trainer, TrainHooks
 from trainer.losses import OBJECTIVES
 from trainer.memory import keep_freed_memory
+from trainer.whiten import check_blend, default_blend
 
 __all__ = ["add_arguments", "run"]
 
@@ -184,6 +185,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the embedding the run exports: whitened = the trained projection replaced at the "
                         "end by a closed-form fit on the catalogue (trainer/whiten.py; lite0 default), "
                         "projection = the trained one (scratch default)")
+    p.add_argument("--blend", type=float, metavar="SHARE",
+                   help="lite0 with the whitened head: fit the head on SHARE x the fine-tuned backbone + "
+                        "(1 - SHARE) x its ImageNet weights (1 = as trained; default "
+                        f"{default_blend('lite0')}); the run's own weights stay as trained")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -214,6 +219,10 @@ def _check_args(a: argparse.Namespace) -> None:
     if a.cache_views and (not a.freeze or a.early_size):
         raise ConfigError("--cache-views needs --freeze 1 or more and --early-size 0 (the pool keeps the frozen "
                           "stages' output at one view size)")
+    if a.blend is not None:
+        check_blend(a.blend)
+        if a.blend != 1.0 and (a.backbone != "lite0" or a.head != "whitened"):
+            raise ConfigError(f"--blend {a.blend} needs --backbone lite0 and --head whitened")
     if a.backbone_lr < 0:
         raise ConfigError(f"--backbone-lr must be >= 0, got {a.backbone_lr}")
     for n in ("w_recon", "w_metric", "w_inv"):
@@ -473,7 +482,7 @@ def _fit(args: argparse.Namespace, out: Path, cat, d: Dist) -> int:
         if args.head == "whitened":
             from trainer.whiten import fit_head
 
-            head = fit_head(out, args.catalogue)["head"]
+            head = fit_head(out, args.catalogue, blend=args.blend)["head"]
         print(json.dumps({"run_dir": str(out), "run_id": run_id, "step": step, "epochs": round(
             step / tr.steps_per_epoch, 2), "best_val_mAP": tr.best, "best_val_top1": tr.best_top1,
             "elapsed_s": round(tr.elapsed_before, 1), "head": head}))

@@ -17,6 +17,9 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, help="a run folder written by `trainer fit`")
     p.add_argument("--catalogue", help="fit on this catalogue (folder tree or CSV) instead of the run's own")
+    p.add_argument("--blend", type=float, metavar="SHARE",
+                   help="lite0: fit on SHARE x the fine-tuned backbone + (1 - SHARE) x its ImageNet weights "
+                        "(1 = as trained; default: trainer.whiten.DEFAULT_BLEND)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,5 +27,5 @@ def run(args: argparse.Namespace) -> int:
     from trainer.whiten import fit_head
 
     keep_freed_memory()
-    print(json.dumps(fit_head(args.run_dir, args.catalogue)))
+    print(json.dumps(fit_head(args.run_dir, args.catalogue, blend=args.blend)))
     return 0

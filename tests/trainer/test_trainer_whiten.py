@@ -161,3 +161,98 @@ def test_the_head_default_follows_the_backbone(backbone, head):
     a = p.parse_args(["cat", "--out", "o", "--backbone", backbone, "--head", "projection"])
     _resolve_defaults(a)
     assert a.head == "projection"
+
+
+LITE0_TINY = ["--backbone", "lite0", "--size", "32", "--embedding-size", "16", "--no-progress", "--log-every", "0",
+              "--batch-size", "8", "--freeze", "4", "--cache-views", "2"]
+
+
+@pytest.fixture(scope="module")
+def lite0_run(tmp_path_factory):
+    """A real tiny Lite0 run (stages 5-7 and the head convolution trained) whose
+    whitened head was fitted on the default blend with its ImageNet start."""
+    root = tmp_path_factory.mktemp("blend")
+    cat = make_product_photos(root / "cat", n_items=6, per_item=12, size=64)
+    run = root / "run"
+    assert main(["fit", str(cat), "--out", str(run), *LITE0_TINY, "--epochs", "2", "--lr", "0.05"]) == 0
+    return cat, run
+
+
+def test_the_head_blends_the_trained_stages_with_imagenet_and_keeps_the_run_as_trained(lite0_run):
+    from trainer.pretrained import load_lite0_state
+    from trainer.whiten import DEFAULT_BLEND
+
+    _, run = lite0_run
+    info = json.loads((run / HEAD_INFO).read_text())
+    assert info["head"] == "whitened" and info["blend"] == DEFAULT_BLEND < 1
+    head, best, imagenet = load_file(str(run / HEAD_WEIGHTS)), load_file(str(run / "best.safetensors")), \
+        load_lite0_state()
+    learnt = "encoder.backbone._blocks.8._depthwise_conv.weight"     # stage 5: trained
+    frozen = "encoder.backbone._blocks.7._depthwise_conv.weight"     # stage 4: frozen, equal to ImageNet
+    start = imagenet[learnt.removeprefix("encoder.backbone.")]
+    assert not torch.equal(best[learnt], start)
+    torch.testing.assert_close(head[learnt], DEFAULT_BLEND * best[learnt] + (1 - DEFAULT_BLEND) * start)
+    assert frozen not in head and "encoder.backbone._bn0.weight" not in head
+    blended, _, _ = load_model(run)
+    trained, _, _ = load_model(run, head=False)
+    assert blended.embedding_blend == DEFAULT_BLEND and trained.embedding_blend == 1.0
+    torch.testing.assert_close(blended.state_dict()[learnt], head[learnt])
+    torch.testing.assert_close(trained.state_dict()[learnt], best[learnt])   # the run's weights stay as trained
+    torch.testing.assert_close(blended.state_dict()[frozen], best[frozen])
+
+
+def test_export_of_a_blended_head_passes_parity_and_records_the_blend(lite0_run, tmp_path):
+    from trainer.whiten import DEFAULT_BLEND
+
+    _, run = lite0_run
+    assert main(["export", str(run), "--out", str(tmp_path / "b")]) == 0
+    info = json.loads((tmp_path / "b" / "export.json").read_text())
+    assert info["head"] == "whitened" and info["blend"] == DEFAULT_BLEND
+
+
+def test_blend_one_is_the_run_as_trained(lite0_run, tmp_path, capsys):
+    import shutil
+
+    _, run = lite0_run
+    other = tmp_path / "run"
+    shutil.copytree(run, other)
+    assert main(["head", str(other), "--blend", "1"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["blend"] == 1.0
+    assert set(load_file(str(other / HEAD_WEIGHTS))) == {"encoder.proj.weight", "encoder.proj.bias"}
+    blended, _, _ = load_model(other)
+    trained, _, _ = load_model(other, head=False)
+    for k, v in trained.encoder.backbone.state_dict().items():
+        assert torch.equal(blended.encoder.backbone.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--blend", "1.5"], "--blend must be from 0 to 1"),
+    (["--blend", "0.5", "--head", "projection"], "--blend 0.5 needs --backbone lite0 and --head whitened"),
+])
+def test_bad_blend_flags_are_one_line(tiny_catalogue, tmp_path, capsys, args, needle):
+    out = tmp_path / "run"
+    assert main(["fit", str(tiny_catalogue), "--out", str(out), *LITE0_TINY, "--epochs", "1", *args]) == 2
+    assert needle in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not out.exists()
+
+
+def test_blending_a_scratch_run_is_refused(photo_run, capsys):
+    _, run = photo_run
+    assert main(["head", str(run), "--blend", "0.5"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "needs a pretrained backbone" in err and len(err.splitlines()) == 1
+
+
+def test_a_head_file_with_foreign_tensors_is_refused(lite0_run, tmp_path):
+    import shutil
+
+    from trainer.checkpoint import RunError
+
+    _, run = lite0_run
+    other = tmp_path / "run"
+    shutil.copytree(run, other)
+    head = load_file(str(other / HEAD_WEIGHTS))
+    head["decoder.out.weight"] = torch.zeros(3)
+    save_file(head, str(other / HEAD_WEIGHTS))
+    with pytest.raises(RunError, match="not a head of this network"):
+        load_model(other)
