@@ -188,7 +188,10 @@ def run_rate(run_dir: Path) -> dict:
     rates = [m["img_per_s"] for m in lines if m.get("kind") == "train" and m.get("img_per_s")]
     state = json.loads((run_dir / "state.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
-    head = json.loads((run_dir / "head.json").read_text())["head"] if (run_dir / "head.json").exists() else "projection"
+    info = json.loads((run_dir / "head.json").read_text()) if (run_dir / "head.json").exists() else {}
+    head = info.get("head", "projection")
+    if head == "whitened" and info.get("blend", 1.0) != 1.0:
+        head += f" on a {info['blend']:g} blend"
     pool = [m for m in lines if m.get("kind") == "pool"]
     return {"img_per_s": round(float(rates[-1]), 1) if rates else None,
             "epochs": round(state["step"] / max(1, state["steps_per_epoch"]), 1),

@@ -1,0 +1,116 @@
+"""How far to blend a finished Lite0 run back toward its ImageNet start
+before its whitened head is fitted (trainer/whiten.py, ``--blend``).
+
+For each blend: the run's best backbone is blended (trainer.whiten.blend_backbone),
+the pooled features of the train and val photos are computed, the whitened
+head is fitted on the photos of the products the run was trained on, and
+the val photos are ranked against the train photos, as bench/retrieval.py
+ranks them. A run trained with ``bench/retrieval.py --unseen`` (its catalogue
+lacks every 4th product) also gets the unseen-products figures: each held-out
+product enrolled from its first 5 train photos, its val photos ranked among
+all products ("unseen"), and the trained products' val photos in the same
+gallery ("trained"). The run folder is only read.
+
+    python bench/blend.py RUN_DIR --blends 1,0.9,0.75,0.5,0 [--unseen]
+
+Writes bench/results/blend-<time>.json/.md. 2.5-4 minutes a blend on a 2-core
+AVX2 CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.retrieval import ENROL_PHOTOS, class_items, cpu_flags, first_photos  # noqa: E402
+from trainer.retrieval_metrics import retrieval_report  # noqa: E402
+
+
+def blended_features(run: Path, blend: float, entries: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from trainer import checkpoint as ck
+    from trainer.whiten import _pooled_features, blend_backbone
+
+    model, net, _ = ck.load_model(run, "best", head=False)
+    blend_backbone(model.encoder, blend)
+    return {k: _pooled_features(model.encoder, v, net) for k, v in entries.items()}
+
+
+def figures(feats: dict, dim: int, held: set[str]) -> dict[str, float]:
+    from trainer.whiten import fit_whitening
+
+    (ftr, ltr), (fva, lva) = feats["train"], feats["val"]
+    new = np.array([x in held for x in ltr], dtype=bool)
+    w = fit_whitening(ftr[~new], ltr[~new], dim)
+
+    def emb(x: np.ndarray) -> np.ndarray:
+        y = x @ w.weight.T + w.bias
+        return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+    etr, eva = emb(ftr), emb(fva)
+    out = {}
+    if not held:
+        rep = retrieval_report(eva @ etr.T, lva, ltr, ks=(1, 5))
+        return {k: round(float(rep[k]), 4) for k in ("top1", "top5", "mAP")}
+    keep = ~new | first_photos(ltr, ENROL_PHOTOS)
+    q = np.array([x in held for x in lva], dtype=bool)
+    for name, m in (("unseen", q), ("trained", ~q)):
+        rep = retrieval_report(eva[m] @ etr[keep].T, lva[m], ltr[keep], ks=(1, 5))
+        out.update({f"{name}_{k}": round(float(rep[k]), 4) for k in ("top1", "top5")})
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path, help="a Lite0 run folder written by `trainer fit`")
+    ap.add_argument("--blends", default="1,0.9,0.75,0.5,0", help="comma-separated shares of the fine-tuned backbone")
+    ap.add_argument("--unseen", action="store_true", help="the run was trained without every 4th product")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/grocery")
+    ap.add_argument("--results", type=Path, default=ROOT / "bench/results")
+    ap.add_argument("--tag", default="")
+    a = ap.parse_args()
+    from models.catalogue import load_catalogue
+    from trainer import checkpoint as ck
+
+    blends = [float(b) for b in a.blends.split(",")]
+    if any(not 0 <= b <= 1 for b in blends):
+        ap.error(f"--blends must be shares from 0 to 1, got {a.blends}")
+    _, net, _ = ck.read_config(a.run)
+    if net.backbone != "lite0":
+        ap.error(f"{a.run}: backbone {net.backbone}; blending needs lite0")
+    held = {i for c, i in class_items(a.data / "classes.csv").items() if c % 4 == 3} if a.unseen else set()
+    entries = {s: [e for e in load_catalogue(a.data / s).entries if e.item_id] for s in ("train", "val")}
+    rows = {}
+    for b in blends:
+        t0 = time.monotonic()
+        rows[f"{b:g}"] = {**figures(blended_features(a.run, b, entries), net.embedding_size, held),
+                          "seconds": round(time.monotonic() - t0, 1)}
+        print(json.dumps({f"{b:g}": rows[f"{b:g}"]}), flush=True)
+    state = ck.read_json(a.run / "state.json")
+    stamp = time.strftime("%Y%m%d-%H%M%S") + (f"-{a.tag}" if a.tag else "")
+    result = {"time": stamp, "run": str(a.run), "epochs": round(state["step"] / max(1, state["steps_per_epoch"]), 1),
+              "unseen": a.unseen, "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(), "rows": rows}
+    cols = ["unseen_top1", "unseen_top5", "trained_top1", "trained_top5"] if a.unseen else ["top1", "top5", "mAP"]
+    flags = ", ".join(k for k, v in result["cpu_flags"].items() if v) or "unknown"
+    md = [f"Blend of the fine-tuned backbone with its ImageNet start, whitened head refitted at each "
+          f"(run {a.run.name}, {result['epochs']} epochs{', trained without every 4th product' if a.unseen else ''}; "
+          f"{os.cpu_count()} CPU cores, flags: {flags}).", "",
+          "| blend | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
+          "|---|" + "---|" * len(cols)]
+    md += [f"| {b} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |" for b, r in rows.items()]
+    (a.results / f"blend-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (a.results / f"blend-{stamp}.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
