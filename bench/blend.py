@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.retrieval import ENROL_PHOTOS, class_items, cpu_flags, first_photos  # noqa: E402
+from bench.retrieval import ENROL_PHOTOS, cpu_flags, first_photos, held_out_items, run_rate  # noqa: E402
 from trainer.retrieval_metrics import retrieval_report  # noqa: E402
 
 
@@ -56,12 +56,12 @@ def figures(feats: dict, dim: int, held: set[str]) -> dict[str, float]:
         return y / np.linalg.norm(y, axis=1, keepdims=True)
 
     etr, eva = emb(ftr), emb(fva)
-    out = {}
     if not held:
         rep = retrieval_report(eva @ etr.T, lva, ltr, ks=(1, 5))
         return {k: round(float(rep[k]), 4) for k in ("top1", "top5", "mAP")}
     keep = ~new | first_photos(ltr, ENROL_PHOTOS)
     q = np.array([x in held for x in lva], dtype=bool)
+    out = {}
     for name, m in (("unseen", q), ("trained", ~q)):
         rep = retrieval_report(eva[m] @ etr[keep].T, lva[m], ltr[keep], ks=(1, 5))
         out.update({f"{name}_{k}": round(float(rep[k]), 4) for k in ("top1", "top5")})
@@ -86,7 +86,7 @@ def main() -> int:
     _, net, _ = ck.read_config(a.run)
     if net.backbone != "lite0":
         ap.error(f"{a.run}: backbone {net.backbone}; blending needs lite0")
-    held = {i for c, i in class_items(a.data / "classes.csv").items() if c % 4 == 3} if a.unseen else set()
+    held = held_out_items(a.data / "classes.csv") if a.unseen else set()
     entries = {s: [e for e in load_catalogue(a.data / s).entries if e.item_id] for s in ("train", "val")}
     rows = {}
     for b in blends:
@@ -94,9 +94,8 @@ def main() -> int:
         rows[f"{b:g}"] = {**figures(blended_features(a.run, b, entries), net.embedding_size, held),
                           "seconds": round(time.monotonic() - t0, 1)}
         print(json.dumps({f"{b:g}": rows[f"{b:g}"]}), flush=True)
-    state = ck.read_json(a.run / "state.json")
     stamp = time.strftime("%Y%m%d-%H%M%S") + (f"-{a.tag}" if a.tag else "")
-    result = {"time": stamp, "run": str(a.run), "epochs": round(state["step"] / max(1, state["steps_per_epoch"]), 1),
+    result = {"time": stamp, "run": str(a.run), "epochs": run_rate(a.run)["epochs"],
               "unseen": a.unseen, "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(), "rows": rows}
     cols = ["unseen_top1", "unseen_top5", "trained_top1", "trained_top5"] if a.unseen else ["top1", "top5", "mAP"]
     flags = ", ".join(k for k, v in result["cpu_flags"].items() if v) or "unknown"

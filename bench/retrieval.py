@@ -81,6 +81,11 @@ def class_items(classes_csv: Path) -> dict[int, str]:
     return out
 
 
+def held_out_items(classes_csv: Path) -> set[str]:
+    """The products ``--unseen`` trains without: every 4th by class id."""
+    return {item for cid, item in class_items(classes_csv).items() if cid % 4 == 3}
+
+
 class QuerySets:
     """Every image set the figures need, decoded once (BGR), with labels."""
 
@@ -232,7 +237,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     a.results.mkdir(parents=True, exist_ok=True)
     qs = QuerySets(a.data, a.clip)
-    held = {item for cid, item in class_items(a.data / "classes.csv").items() if cid % 4 == 3} if a.unseen else set()
+    held = held_out_items(a.data / "classes.csv") if a.unseen else set()
     rows: dict[str, dict] = {}
     if not a.eval_run:
         hist = {k: colour_histograms(v) for k, v in qs.images.items()}
