@@ -31,7 +31,7 @@ from models.netconfig import NetConfig
 from models.network import AutoEncoder
 
 __all__ = ["RunError", "write_config", "read_config", "save_weights", "load_model", "load_run",
-           "save_json", "read_json", "weights_path", "head_fits"]
+           "save_json", "read_json", "weights_path", "head_fits", "fitted_head"]
 
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def load_model(run_dir: str | Path, which: str = "best",
     with ``head`` (the default) the whitened head replaces the trained
     projection when the run has one fitted on exactly these weights
     (``model.embedding_head`` then says "whitened")."""
-    from trainer.whiten import HEAD_INFO, HEAD_WEIGHTS
+    from trainer.whiten import HEAD_WEIGHTS
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -102,28 +102,36 @@ def load_model(run_dir: str | Path, which: str = "best",
         model.load_state_dict(state)
     except Exception as exc:  # safetensors raises its own error types
         raise RunError(f"{weights}: cannot load weights ({exc})") from None
-    if head and head_fits(run_dir, which):
+    info = fitted_head(run_dir, which) if head else None
+    if info is not None:
         _load_head(model, run_dir / HEAD_WEIGHTS)
         model.embedding_head = "whitened"
-        model.embedding_blend = float(read_json(run_dir / HEAD_INFO).get("blend", 1.0))
+        model.embedding_blend = float(info.get("blend", 1.0))
     model.eval()
     return model, net, run_id
 
 
-def head_fits(run_dir: Path, which: str = "best") -> bool:
-    """Whether the run has a whitened head fitted on exactly its ``which`` weights."""
+def fitted_head(run_dir: Path, which: str = "best") -> dict | None:
+    """The run's head.json when it has a whitened head fitted on exactly its
+    ``which`` weights, else None."""
     from trainer.whiten import HEAD_INFO, HEAD_WEIGHTS
 
     run_dir = Path(run_dir)
     if not (run_dir / HEAD_WEIGHTS).exists():
-        return False
+        return None
     weights = weights_path(run_dir, which)
-    if read_json(run_dir / HEAD_INFO).get("weights_sha256") == sha256_file(weights):
-        return True
+    info = read_json(run_dir / HEAD_INFO)
+    if info.get("weights_sha256") == sha256_file(weights):
+        return info
     if which == "best":
         log.warning("%s: fitted on other weights than %s; using the trained projection "
                     "(refit with `trainer head %s`)", run_dir / HEAD_WEIGHTS, weights.name, run_dir)
-    return False
+    return None
+
+
+def head_fits(run_dir: Path, which: str = "best") -> bool:
+    """Whether the run has a whitened head fitted on exactly its ``which`` weights."""
+    return fitted_head(run_dir, which) is not None
 
 
 def _load_head(model: AutoEncoder, path: Path) -> None:

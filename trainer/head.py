@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from trainer.whiten import DEFAULT_BLEND
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -19,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--catalogue", help="fit on this catalogue (folder tree or CSV) instead of the run's own")
     p.add_argument("--blend", type=float, metavar="SHARE",
                    help="lite0: fit on SHARE x the fine-tuned backbone + (1 - SHARE) x its ImageNet weights "
-                        "(1 = as trained; default: trainer.whiten.DEFAULT_BLEND)")
+                        f"(1 = as trained; default {DEFAULT_BLEND})")
 
 
 def run(args: argparse.Namespace) -> int:
