@@ -1,7 +1,8 @@
 """Training throughput of the encoder, side by side: what buys epochs on a CPU.
 
 Times the real training step (trainer.loop.TrainModule: two views through the
-encoder, the decoder on one, the cosine-margin classifier, invariance, AdamW)
+encoder, the decoder on one (or on --recon-share of the batch), the
+cosine-margin classifier, invariance, AdamW)
 on random batches, for each configuration in turn, round after round, and
 reports the median images/s per configuration (the machine's speed drifts;
 interleaving keeps the comparison fair). Also reports how much of the
@@ -10,6 +11,7 @@ could save.
 
     python bench/train_speed.py                 # the default set of configurations
     python bench/train_speed.py --rounds 5 --steps 3
+    python bench/train_speed.py --only "224, freeze 5"   # the default and its decoder share
 
 Writes bench/results/train-speed-<time>.md/.json.
 """
@@ -33,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from bench.retrieval import cpu_flags  # noqa: E402
 from models.netconfig import LITE0_INPUT, SCRATCH_INPUT, NetConfig  # noqa: E402
 from models.network import AutoEncoder  # noqa: E402
-from trainer.loop import LoopConfig, TrainModule, _configure_backbone, _param_groups  # noqa: E402
+from trainer.loop import LoopConfig, TrainModule, _configure_backbone, _param_groups, autocast_dtype  # noqa: E402
 from trainer.losses import CosineMarginHead  # noqa: E402
 
 # name -> (backbone, size, loop overrides, precision, channels_last, compile)
@@ -49,6 +51,16 @@ CONFIGS: dict[str, tuple] = {
     "lite0 128, freeze 2, compiled": ("lite0", 128, {"freeze": 2}, "bf16", True, True),
     "lite0 96, freeze 2": ("lite0", 96, {"freeze": 2}, "bf16", True, False),
     "lite0 160, freeze 2": ("lite0", 160, {"freeze": 2}, "bf16", True, False),
+    # The default since 2026-12-02: 224 px, 5 stages frozen and their output
+    # cached (trainer/pool.py), so a step starts from it; "auto" precision.
+    # The decoder's share of the batch (--recon-share) added 2026-12-07.
+    "lite0 224, freeze 5, cached, recon 1": ("lite0", 224, {"freeze": 5, "cache_views": 8}, "auto", True, False),
+    "lite0 224, freeze 5, cached, recon 0.5": ("lite0", 224, {"freeze": 5, "cache_views": 8, "recon_share": 0.5},
+                                               "auto", True, False),
+    "lite0 224, freeze 5, cached, recon 0.25": ("lite0", 224, {"freeze": 5, "cache_views": 8,
+                                                                "recon_share": 0.25}, "auto", True, False),
+    "lite0 224, freeze 5, cached, no decoder": ("lite0", 224, {"freeze": 5, "cache_views": 8, "w_recon": 0.0},
+                                                "auto", True, False),
 }
 
 
@@ -67,9 +79,15 @@ class Setup:
         self.module = self.module.to(memory_format=fmt)
         self.opt = torch.optim.AdamW(_param_groups(self.module, cfg), lr=1e-4)
         self.step_fn = torch.compile(self.module) if compiled else self.module
-        self.dtype = torch.bfloat16 if precision == "bf16" else None
+        self.dtype = autocast_dtype(torch.device("cpu"), precision)
         g = torch.Generator().manual_seed(0)
         self.x = [torch.randn(batch, 3, size, size, generator=g).contiguous(memory_format=fmt) for _ in range(3)]
+        self.cached = bool(cfg.cache_views)
+        if self.cached:  # the views as the pool holds them: the frozen stages' output
+            bb = model.encoder.backbone
+            with torch.no_grad():
+                for i in (0, 1):
+                    self.x[i] = bb.run_blocks(bb.stem(self.x[i]), 0, bb.frozen).contiguous(memory_format=fmt)
         self.labels = torch.randint(0, classes, (batch,), generator=g)
         self.batch = batch
         self.frozen = cfg.freeze
@@ -77,7 +95,7 @@ class Setup:
     def step(self) -> None:
         self.module.train()
         with torch.autocast("cpu", dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            parts = self.step_fn(self.x[0], self.x[1], self.x[2], self.labels)
+            parts = self.step_fn(self.x[0], self.x[1], self.x[2], self.labels, cached=self.cached)
         self.opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
         self.opt.step()
@@ -87,7 +105,7 @@ class Setup:
         """Share of the forward pass spent in the frozen stem and stages."""
         enc = self.module.model.encoder
         bb = getattr(enc, "backbone", None)
-        if bb is None or bb.frozen is None:
+        if bb is None or bb.frozen is None or self.cached:
             return None
         x = torch.cat([self.x[0], self.x[1]])
         with torch.autocast("cpu", dtype=self.dtype or torch.float32, enabled=self.dtype is not None):

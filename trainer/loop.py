@@ -54,6 +54,7 @@ class LoopConfig:
     w_recon: float = 0.5
     w_metric: float = 1.0
     w_inv: float = 1.0
+    recon_share: float = 1.0  # share of each batch's photos the decoder reconstructs (the denoising term's cost)
     scale: float = 16.0
     margin: float = 0.2
     strength: float = 1.0
@@ -110,6 +111,15 @@ def lr_at(progress: float, base: float, warmup: float) -> float:
     return base * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
+def recon_count(n: int, share: float) -> int:
+    """How many of a batch's ``n`` photos the decoder reconstructs: the first
+    ``share`` of them, at least two (the decoder's BatchNorm needs more than
+    one value per channel on a 1x1 feature map). The batch is shuffled, so
+    every photo takes its turn; the decoder's upsampling convolutions at 56
+    and 112 px are most of a Lite0 training step on a CPU (bench/train_speed.py)."""
+    return min(n, max(2, round(n * share)))
+
+
 class TrainModule(nn.Module):
     """Autoencoder + optional classifier head; forward returns the loss terms."""
 
@@ -133,7 +143,8 @@ class TrainModule(nn.Module):
         n = v1.shape[0]
         parts: dict[str, torch.Tensor] = {}
         if c.w_recon > 0:
-            parts["loss_recon"] = reconstruction(self.model.decoder(fmap[:n]), clean)
+            k = recon_count(n, c.recon_share)
+            parts["loss_recon"] = reconstruction(self.model.decoder(fmap[:k]), clean[:k])
         if c.w_metric > 0 and self.head is not None:
             labs = labels if v2 is None else torch.cat([labels, labels])
             labs_b = None if labels_b is None else labels_b if v2 is None else torch.cat([labels_b, labels_b])
