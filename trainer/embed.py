@@ -14,7 +14,7 @@ from models.catalogue import Entry, iter_images
 from models.errors import CatalogueError
 from models.preprocess import PreprocessSpec, preprocess, to_uint8_rgb
 
-__all__ = ["embed_uint8", "embed_float", "EmbeddedSet", "embed_entries"]
+__all__ = ["embed_uint8", "embed_float", "EmbeddedSet", "embed_entries", "frozen_outputs", "embed_after_frozen"]
 
 
 def _normalise(u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
@@ -49,6 +49,35 @@ def embed_uint8(encoder: torch.nn.Module, imgs: np.ndarray, spec: PreprocessSpec
     for i in range(0, len(imgs), batch):
         t = torch.from_numpy(np.ascontiguousarray(imgs[i:i + batch])).to(device)
         out.append(encoder(_normalise(t, spec)).float().cpu().numpy())
+    encoder.train(was)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+@torch.no_grad()
+def frozen_outputs(encoder: torch.nn.Module, imgs: np.ndarray, spec: PreprocessSpec,
+                   device: str | torch.device = "cpu", batch: int = 256) -> torch.Tensor:
+    """(N,S,S,3) uint8 RGB -> the output of a Lite0 encoder's frozen stem and
+    stages (fp32, on ``device``). Those stages never change during training,
+    so photos encoded again and again (the in-run validation) run them once;
+    ``embed_after_frozen`` does the rest, equal to ``embed_uint8``."""
+    bb = encoder.backbone
+    was = bb.training
+    bb.eval()
+    out = [bb.frozen_part(_normalise(torch.from_numpy(np.ascontiguousarray(imgs[i:i + batch])).to(device), spec))
+           for i in range(0, len(imgs), batch)]
+    bb.train(was)
+    return torch.cat(out).float()
+
+
+@torch.no_grad()
+def embed_after_frozen(encoder: torch.nn.Module, h: torch.Tensor, batch: int = 256) -> np.ndarray:
+    """``frozen_outputs`` -> (N,D) float32 normalised embeddings: the trained stages only."""
+    was = encoder.training
+    encoder.eval()
+    out = []
+    for i in range(0, len(h), batch):
+        fmap = encoder.backbone.after_frozen(h[i:i + batch].contiguous(memory_format=torch.channels_last))
+        out.append(torch.nn.functional.normalize(encoder.embed(fmap), dim=1, eps=1e-12).float().cpu().numpy())
     encoder.train(was)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 

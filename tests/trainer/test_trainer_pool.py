@@ -88,3 +88,37 @@ def test_bad_pool_flags(tiny_catalogue, tmp_path, capsys, flags, needle):
     assert main(["fit", str(tiny_catalogue), "--out", str(out), *LITE0_TINY, "--epochs", "1", *flags]) == 2
     assert needle in capsys.readouterr().err.strip().splitlines()[-1]
     assert not out.exists()
+
+
+def test_validation_runs_the_frozen_stages_once_and_embeds_as_the_whole_network(tiny_catalogue):
+    from models.netconfig import LITE0_INPUT, NetConfig
+    from models.network import AutoEncoder
+    from trainer.data import load_image_set
+    from trainer.ddp import Dist
+    from trainer.distort import clean_view
+    from trainer.embed import embed_after_frozen, embed_uint8, frozen_outputs
+    from trainer.loop import LoopConfig, Trainer
+
+    torch.manual_seed(0)
+    net = NetConfig(backbone="lite0", embedding_size=16, input=LITE0_INPUT.model_copy(update={"size": 64}))
+    data = load_image_set(tiny_catalogue, net.input)
+    idx = np.arange(len(data))
+    tr = Trainer(AutoEncoder(net), data, idx[2:], idx[:2], LoopConfig(freeze=4), Dist(0, 1, torch.device("cpu")))
+    enc = tr.model.encoder
+    imgs = np.stack([clean_view(im, 64) for im in data.images[:6]])
+    cached = frozen_outputs(enc, imgs, net.input)
+    for _ in range(2):  # the trained stages change between validations; the cache stays right
+        assert np.allclose(embed_after_frozen(enc, cached), embed_uint8(enc, imgs, net.input), atol=1e-5)
+        with torch.no_grad():
+            enc.backbone._blocks[-1]._project_conv.weight.mul_(1.5)
+            enc.proj.weight.add_(0.1)
+    calls = []
+    real = enc.backbone.frozen_part
+    enc.backbone.frozen_part = lambda x: calls.append(len(x)) or real(x)
+    first = tr.validate()
+    assert set(tr._val_frozen) == {"val", "gallery"} and len(calls) == 2
+    assert tr.validate() == first and len(calls) == 2  # nothing new through the frozen stages
+    with torch.no_grad():
+        enc.proj.weight.mul_(-1.0)
+    tr.validate()
+    assert len(calls) == 2
