@@ -57,8 +57,9 @@ DEFAULT_BACKBONE = "lite0"
 # head (trainer/whiten.py) then took the two 224 px seeds to 0.841; scratch
 # keeps its trained projection (the head was not measured on it).
 # recon_share 0.25 (lite0): the decoder reconstructs the first quarter of each
-# (shuffled) batch. Its upsampling convolutions at 56-112 px were 58% of a
-# cached 224 px step (fp32, 2-core AVX2); on the benchmark (seed 1, 30 min,
+# (shuffled) batch. Its upsampling convolutions at 56-112 px were half of a
+# cached 224 px step (fp32, 2-core AVX2: 20.7 images/s, 40.4 without the
+# decoder, 32.8 at 0.25; bench/train_speed.py); on the benchmark (seed 1, 30 min,
 # that CPU) the run saw 14.2 epochs instead of 10.2, val top-1 0.794 against
 # 0.790, mAP 0.801 against 0.779. Scratch keeps the whole batch (not measured).
 BACKBONE_DEFAULTS: dict[str, dict[str, float | int | str]] = {
@@ -148,7 +149,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--w-recon", type=float, help="weight of the reconstruction term")
     p.add_argument("--recon-share", type=float, metavar="SHARE",
                    help="share of each batch's photos the decoder reconstructs (default lite0 "
-                        f"{BACKBONE_DEFAULTS['lite0']['recon_share']}, scratch 1): the decoder is most of a "
+                        f"{BACKBONE_DEFAULTS['lite0']['recon_share']}, scratch 1): the decoder is half of a "
                         "lite0 training step on a CPU")
     p.add_argument("--w-metric", type=float, help="weight of the cosine-margin classifier term")
     p.add_argument("--w-inv", type=float, help="weight of the view-invariance term")

@@ -116,7 +116,7 @@ def recon_count(n: int, share: float) -> int:
     ``share`` of them, at least two (the decoder's BatchNorm needs more than
     one value per channel on a 1x1 feature map). The batch is shuffled, so
     every photo takes its turn; the decoder's upsampling convolutions at 56
-    and 112 px are most of a Lite0 training step on a CPU (bench/train_speed.py)."""
+    and 112 px are half of a cached Lite0 training step on a CPU (bench/train_speed.py)."""
     return min(n, max(2, round(n * share)))
 
 
