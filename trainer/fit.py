@@ -56,7 +56,7 @@ DEFAULT_BACKBONE = "lite0"
 # pool trains at 10-17 images/s and reached 0.48 in 10 minutes. The whitened
 # head (trainer/whiten.py) then took the two 224 px seeds to 0.841; scratch
 # keeps its trained projection (the head was not measured on it).
-# recon_share 0.25 (lite0): the decoder reconstructs the first quarter of each
+# DEFAULT_RECON_SHARE 0.25 (lite0): the decoder reconstructs the first quarter of each
 # (shuffled) batch. Its upsampling convolutions at 56-112 px were half of a
 # cached 224 px step (fp32, 2-core AVX2: 20.7 images/s, 40.4 without the
 # decoder, 32.8 at 0.25; bench/train_speed.py); on the benchmark (seed 1, 30 min,
@@ -64,10 +64,13 @@ DEFAULT_BACKBONE = "lite0"
 # 0.790, mAP 0.801 against 0.779. Scratch keeps the whole batch (not measured).
 BACKBONE_DEFAULTS: dict[str, dict[str, float | int | str]] = {
     "lite0": {"size": LITE0_INPUT.size, "lr": 2e-3, "backbone_lr": 0.5, "freeze": 5, "drop_path": 0.0,
-              "cut": "head", "cache_views": 8, "early_size": 0, "head": "whitened", "recon_share": 0.25},
+              "cut": "head", "cache_views": 8, "early_size": 0, "head": "whitened"},
     "scratch": {"size": SCRATCH_INPUT.size, "lr": 2e-3, "backbone_lr": 1.0, "freeze": 0, "drop_path": 0.0,
-                "cache_views": 0, "head": "projection", "recon_share": 1.0},
+                "cache_views": 0, "head": "projection"},
 }
+# Share of each batch the decoder reconstructs when other terms train beside
+# it; the plain autoencoder (--objective ae) reconstructs every photo.
+DEFAULT_RECON_SHARE = {"lite0": 0.25, "scratch": 1.0}
 # Epochs when neither --epochs nor --minutes is given. lite0: 12 epochs are
 # about 30 minutes on a 2-core CPU with bf16; the in-run validation top-1 (the
 # train split's held-back photos) was 0.98 from epoch 4 and 0.99 at the end.
@@ -149,7 +152,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--w-recon", type=float, help="weight of the reconstruction term")
     p.add_argument("--recon-share", type=float, metavar="SHARE",
                    help="share of each batch's photos the decoder reconstructs (default lite0 "
-                        f"{BACKBONE_DEFAULTS['lite0']['recon_share']}, scratch 1): the decoder is half of a "
+                        f"{DEFAULT_RECON_SHARE['lite0']}, scratch and --objective ae 1): the decoder is half of a "
                         "lite0 training step on a CPU")
     p.add_argument("--w-metric", type=float, help="weight of the cosine-margin classifier term")
     p.add_argument("--w-inv", type=float, help="weight of the view-invariance term")
@@ -235,7 +238,7 @@ def _check_args(a: argparse.Namespace) -> None:
             raise ConfigError(f"--blend {a.blend} needs --backbone lite0 and --head whitened")
     if a.backbone_lr < 0:
         raise ConfigError(f"--backbone-lr must be >= 0, got {a.backbone_lr}")
-    if not 0 < a.recon_share <= 1:
+    if a.recon_share is not None and not 0 < a.recon_share <= 1:
         raise ConfigError(f"--recon-share must be in (0, 1], got {a.recon_share}")
     for n in ("w_recon", "w_metric", "w_inv"):
         v = getattr(a, n)
@@ -281,10 +284,13 @@ def _loop_config(a: argparse.Namespace) -> LoopConfig:
     cutmix = a.cutmix if a.cutmix is not None else DEFAULT_CUTMIX if w_metric > 0 else 0.0
     epochs = a.epochs if (a.epochs is not None or a.minutes is not None) else DEFAULT_EPOCHS[a.backbone]
     early = a.early_size if a.early_size is not None else default_early_size(a.size, _smallest_side(a))
+    w_inv = wi if a.w_inv is None else a.w_inv
+    recon_share = a.recon_share if a.recon_share is not None else (
+        DEFAULT_RECON_SHARE[a.backbone] if w_metric > 0 or w_inv > 0 else 1.0)
     return LoopConfig(
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         w_recon=wr if a.w_recon is None else a.w_recon, w_metric=w_metric,
-        w_inv=wi if a.w_inv is None else a.w_inv, recon_share=a.recon_share, scale=a.scale, margin=a.margin, strength=a.strength,
+        w_inv=w_inv, recon_share=recon_share, scale=a.scale, margin=a.margin, strength=a.strength,
         min_area=a.min_crop_area, kiosk=a.kiosk_views, cutmix=cutmix, early_size=early, early_until=a.early_until,
         backbone_lr=a.backbone_lr, freeze=a.freeze, drop_path=a.drop_path, cache_views=a.cache_views,
         precision=a.precision, epochs=epochs, minutes=a.minutes, seed=a.seed, val_every_s=a.val_every,

@@ -54,13 +54,15 @@ def test_only_the_first_share_of_the_batch_is_reconstructed():
     assert full == pytest.approx(float(expect), rel=1e-5)
 
 
-@pytest.mark.parametrize("backbone,share", [("lite0", 0.25), ("scratch", 1.0)])
-def test_default_share_is_recorded(tiny_catalogue, tmp_path, backbone, share):
+@pytest.mark.parametrize("backbone,objective,share", [("lite0", "default", 0.25), ("lite0", "ae", 1.0),
+                                                       ("scratch", "default", 1.0)])
+def test_default_share_is_recorded(tiny_catalogue, tmp_path, backbone, objective, share):
     out = tmp_path / backbone
+    flags = ["--epochs", "1", "--objective", objective]
     if backbone == "lite0":
-        code = main(["fit", str(tiny_catalogue), "--out", str(out), *LITE0_TINY, "--epochs", "1"])
+        code = main(["fit", str(tiny_catalogue), "--out", str(out), *LITE0_TINY, *flags])
     else:
-        code = fit(tiny_catalogue, out, "--epochs", "1")
+        code = fit(tiny_catalogue, out, *flags)
     assert code == 0
     assert json.loads((out / "config.json").read_text())["train"]["loop"]["recon_share"] == share
 
