@@ -84,10 +84,8 @@ class Setup:
         self.x = [torch.randn(batch, 3, size, size, generator=g).contiguous(memory_format=fmt) for _ in range(3)]
         self.cached = bool(cfg.cache_views)
         if self.cached:  # the views as the pool holds them: the frozen stages' output
-            bb = model.encoder.backbone
-            with torch.no_grad():
-                for i in (0, 1):
-                    self.x[i] = bb.run_blocks(bb.stem(self.x[i]), 0, bb.frozen).contiguous(memory_format=fmt)
+            for i in (0, 1):
+                self.x[i] = model.encoder.backbone.frozen_part(self.x[i]).contiguous(memory_format=fmt)
         self.labels = torch.randint(0, classes, (batch,), generator=g)
         self.batch = batch
         self.frozen = cfg.freeze

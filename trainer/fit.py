@@ -56,12 +56,6 @@ DEFAULT_BACKBONE = "lite0"
 # pool trains at 10-17 images/s and reached 0.48 in 10 minutes. The whitened
 # head (trainer/whiten.py) then took the two 224 px seeds to 0.841; scratch
 # keeps its trained projection (the head was not measured on it).
-# DEFAULT_RECON_SHARE 0.25 (lite0): the decoder reconstructs the first quarter of each
-# (shuffled) batch. Its upsampling convolutions at 56-112 px were half of a
-# cached 224 px step (fp32, 2-core AVX2: 20.7 images/s, 40.4 without the
-# decoder, 32.8 at 0.25; bench/train_speed.py); on the benchmark (seed 1, 30 min,
-# that CPU) the run saw 14.2 epochs instead of 10.2, val top-1 0.794 against
-# 0.790, mAP 0.801 against 0.779. Scratch keeps the whole batch (not measured).
 BACKBONE_DEFAULTS: dict[str, dict[str, float | int | str]] = {
     "lite0": {"size": LITE0_INPUT.size, "lr": 2e-3, "backbone_lr": 0.5, "freeze": 5, "drop_path": 0.0,
               "cut": "head", "cache_views": 8, "early_size": 0, "head": "whitened"},
@@ -70,6 +64,12 @@ BACKBONE_DEFAULTS: dict[str, dict[str, float | int | str]] = {
 }
 # Share of each batch the decoder reconstructs when other terms train beside
 # it; the plain autoencoder (--objective ae) reconstructs every photo.
+# lite0 0.25: the decoder reconstructs the first quarter of each
+# (shuffled) batch. Its upsampling convolutions at 56-112 px were half of a
+# cached 224 px step (fp32, 2-core AVX2: 20.7 images/s, 40.4 without the
+# decoder, 32.8 at 0.25; bench/train_speed.py); on the benchmark (seed 1, 30 min,
+# that CPU) the run saw 14.2 epochs instead of 10.2, val top-1 0.794 against
+# 0.790, mAP 0.801 against 0.779. Scratch keeps the whole batch (not measured).
 DEFAULT_RECON_SHARE = {"lite0": 0.25, "scratch": 1.0}
 # Epochs when neither --epochs nor --minutes is given. lite0: 12 epochs are
 # about 30 minutes on a 2-core CPU with bf16; the in-run validation top-1 (the
