@@ -12,6 +12,11 @@ all products ("unseen"), and the trained products' val photos in the same
 gallery ("trained"). The run folder is only read.
 
     python bench/blend.py RUN_DIR --blends 1,0.9,0.75,0.5,0 [--unseen]
+    python bench/blend.py RUN_DIR --blends 0.75 --sizes 224,256,288 [--weights last]
+
+``--sizes`` embeds the photos at other input sides than the run trained at
+(the head is refitted at each); ``--weights last`` takes the run's last
+weights instead of the checkpoint its held-out photos picked.
 
 Writes bench/results/blend-<time>.json/.md. 2.5-4 minutes a blend on a 2-core
 AVX2 CPU.
@@ -35,12 +40,17 @@ from bench.retrieval import ENROL_PHOTOS, cpu_flags, first_photos, held_out_item
 from trainer.retrieval_metrics import retrieval_report  # noqa: E402
 
 
-def blended_features(run: Path, blend: float, entries: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def blended_features(run: Path, blend: float, entries: dict, size: int | None = None,
+                     weights: str = "best") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Pooled features of every photo after blending; ``size`` overrides the
+    run's input side (the network is convolutional up to a global pool)."""
     from trainer import checkpoint as ck
     from trainer.whiten import _pooled_features, blend_backbone
 
-    model, net, _ = ck.load_model(run, "best", head=False)
+    model, net, _ = ck.load_model(run, weights, head=False)
     blend_backbone(model.encoder, blend)
+    if size is not None:
+        net = net.model_copy(update={"input": net.input.model_copy(update={"size": size})})
     return {k: _pooled_features(model.encoder, v, net) for k, v in entries.items()}
 
 
@@ -75,6 +85,8 @@ def main() -> int:
     ap.add_argument("--unseen", action="store_true", help="the run was trained without every 4th product")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/grocery")
     ap.add_argument("--results", type=Path, default=ROOT / "bench/results")
+    ap.add_argument("--weights", choices=("best", "last"), default="best", help="which saved weights to blend")
+    ap.add_argument("--sizes", default="", help="comma-separated input sides to measure at (default: the run's)")
     ap.add_argument("--tag", default="")
     a = ap.parse_args()
     from models.catalogue import load_catalogue
@@ -88,19 +100,28 @@ def main() -> int:
         ap.error(f"{a.run}: backbone {net.backbone}; blending needs lite0")
     held = held_out_items(a.data / "classes.csv") if a.unseen else set()
     entries = {s: [e for e in load_catalogue(a.data / s).entries if e.item_id] for s in ("train", "val")}
+    try:
+        sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else [None]
+    except ValueError:
+        ap.error(f"--sizes must be comma-separated whole pixel counts, got {a.sizes}")
+    if any(s is not None and not 32 <= s <= 1024 for s in sizes):
+        ap.error(f"--sizes must be from 32 to 1024 px, got {a.sizes}")
     rows = {}
     for b in blends:
-        t0 = time.monotonic()
-        rows[f"{b:g}"] = {**figures(blended_features(a.run, b, entries), net.embedding_size, held),
-                          "seconds": round(time.monotonic() - t0, 1)}
-        print(json.dumps({f"{b:g}": rows[f"{b:g}"]}), flush=True)
+        for size in sizes:
+            t0 = time.monotonic()
+            key = f"{b:g}" + (f" at {size} px" if size else "")
+            rows[key] = {**figures(blended_features(a.run, b, entries, size, a.weights), net.embedding_size, held),
+                         "seconds": round(time.monotonic() - t0, 1)}
+            print(json.dumps({key: rows[key]}), flush=True)
     stamp = time.strftime("%Y%m%d-%H%M%S") + (f"-{a.tag}" if a.tag else "")
-    result = {"time": stamp, "run": str(a.run), "epochs": run_rate(a.run)["epochs"],
+    result = {"time": stamp, "run": str(a.run), "weights": a.weights, "epochs": run_rate(a.run)["epochs"],
               "unseen": a.unseen, "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(), "rows": rows}
     cols = ["unseen_top1", "unseen_top5", "trained_top1", "trained_top5"] if a.unseen else ["top1", "top5", "mAP"]
     flags = ", ".join(k for k, v in result["cpu_flags"].items() if v) or "unknown"
     md = [f"Blend of the fine-tuned backbone with its ImageNet start, whitened head refitted at each "
-          f"(run {a.run.name}, {result['epochs']} epochs{', trained without every 4th product' if a.unseen else ''}; "
+          f"(run {a.run.name}, {a.weights} weights, {result['epochs']} epochs"
+          f"{', trained without every 4th product' if a.unseen else ''}; "
           f"{os.cpu_count()} CPU cores, flags: {flags}).", "",
           "| blend | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
           "|---|" + "---|" * len(cols)]
