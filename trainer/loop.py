@@ -72,6 +72,7 @@ class LoopConfig:
     epochs: float | None = None
     minutes: float | None = None
     seed: int = 0
+    val_fraction: float = 0.05  # share of each item's photos held out (runs from before the key: 0.05)
     val_every_s: float = 120.0
     save_every_s: float = 120.0
     log_every_s: float = 10.0

@@ -52,6 +52,17 @@ def test_resume_continues_from_the_saved_step(tiny_catalogue, tmp_path):
     assert later and min(m["step"] for m in later) == 5  # the first step after the saved one
 
 
+def test_resume_keeps_the_runs_own_seed_and_held_out_share(tiny_catalogue, tmp_path):
+    out = tmp_path / "run"
+    assert fit(tiny_catalogue, out, "--epochs", "1", "--val-fraction", "0", "--seed", "3") == 0
+    per_epoch = state(out)["steps_per_epoch"]
+    assert fit(tiny_catalogue, out, "--epochs", "2", "--resume") == 0  # the scratch default would hold out 5%
+    assert state(out)["steps_per_epoch"] == per_epoch
+    assert not [m for m in metrics(out) if m["kind"] == "val"]
+    loop = json.loads((out / "config.json").read_text())["train"]["loop"]
+    assert (loop["seed"], loop["val_fraction"]) == (3, 0.0)
+
+
 def test_unlabelled_images_train_with_reconstruction_only(tiny_catalogue, tmp_path):
     unl = tmp_path / "captures"
     unl.mkdir()

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from trainer_helpers import fit
+from trainer_helpers import fit, metrics
 
 from models.netconfig import SCRATCH_INPUT, NetConfig
 from models.network import AutoEncoder
@@ -54,9 +54,9 @@ def test_only_the_first_share_of_the_batch_is_reconstructed():
     assert full == pytest.approx(float(expect), rel=1e-5)
 
 
-@pytest.mark.parametrize("backbone,objective,share", [("lite0", "default", 0.25), ("lite0", "ae", 1.0),
-                                                       ("scratch", "default", 1.0)])
-def test_default_share_is_recorded(tiny_catalogue, tmp_path, backbone, objective, share):
+@pytest.mark.parametrize("backbone,objective,share,held", [("lite0", "default", 0.25, 0.0), ("lite0", "ae", 1.0, 0.0),
+                                                            ("scratch", "default", 1.0, 0.05)])
+def test_default_share_and_hold_out_are_recorded(tiny_catalogue, tmp_path, backbone, objective, share, held):
     out = tmp_path / backbone
     flags = ["--epochs", "1", "--objective", objective]
     if backbone == "lite0":
@@ -64,7 +64,10 @@ def test_default_share_is_recorded(tiny_catalogue, tmp_path, backbone, objective
     else:
         code = fit(tiny_catalogue, out, *flags)
     assert code == 0
-    assert json.loads((out / "config.json").read_text())["train"]["loop"]["recon_share"] == share
+    loop = json.loads((out / "config.json").read_text())["train"]["loop"]
+    assert (loop["recon_share"], loop["val_fraction"]) == (share, held)
+    vals = [m for m in metrics(out) if m["kind"] == "val"]
+    assert bool(vals) == (held > 0)  # lite0 trains on every photo: nothing held out, nothing validated
 
 
 @pytest.mark.parametrize("value", ["0", "1.5", "-0.1", "nan"])
