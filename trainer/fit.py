@@ -57,8 +57,8 @@ DEFAULT_BACKBONE = "lite0"
 # head (trainer/whiten.py) then took the two 224 px seeds to 0.841; scratch
 # keeps its trained projection (the head was not measured on it).
 # val_fraction: lite0 trains on every photo. Its held-out photos (5%, from the
-# training photos' sessions) reached mAP 0.99 by mid-run, so they picked
-# checkpoints by noise (best/last of a seed-1 run: val top-1 0.794/0.790);
+# training photos' sessions) were at mAP 0.95-0.98 half-way and 0.986-0.99 at
+# the end, so they picked late checkpoints by noise (best/last of a seed-1 run: val top-1 0.794/0.790);
 # without them (30 min, 2-core AVX2, fp32) seed 0 named 0.848 against 0.841
 # and seed 1 0.831 against 0.794 (bench/results/retrieval-20261207-*-vf0-*).
 # Scratch keeps 5% (not measured).
@@ -301,8 +301,7 @@ def _loop_config(a: argparse.Namespace) -> LoopConfig:
         min_area=a.min_crop_area, kiosk=a.kiosk_views, cutmix=cutmix, early_size=early, early_until=a.early_until,
         backbone_lr=a.backbone_lr, freeze=a.freeze, drop_path=a.drop_path, cache_views=a.cache_views,
         precision=a.precision, epochs=epochs, minutes=a.minutes, seed=a.seed, val_fraction=a.val_fraction,
-        val_every_s=a.val_every,
-        save_every_s=a.save_every, log_every_s=a.log_every, progress=not a.no_progress)
+        val_every_s=a.val_every, save_every_s=a.save_every, log_every_s=a.log_every, progress=not a.no_progress)
 
 
 # What a resumed run takes from the command line; everything else (objective,
