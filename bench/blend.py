@@ -40,18 +40,25 @@ from bench.retrieval import ENROL_PHOTOS, cpu_flags, first_photos, held_out_item
 from trainer.retrieval_metrics import retrieval_report  # noqa: E402
 
 
-def blended_features(run: Path, blend: float, entries: dict, size: int | None = None,
-                     weights: str = "best") -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Pooled features of every photo after blending; ``size`` overrides the
-    run's input side (the network is convolutional up to a global pool)."""
+def blended_encoder(run: Path, blend: float, weights: str = "best"):
+    """The run's encoder with its backbone blended toward ImageNet, and its
+    network config."""
     from trainer import checkpoint as ck
-    from trainer.whiten import _pooled_features, blend_backbone
+    from trainer.whiten import blend_backbone
 
     model, net, _ = ck.load_model(run, weights, head=False)
     blend_backbone(model.encoder, blend)
+    return model.encoder, net
+
+
+def pooled_at(encoder, net, entries: dict, size: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Pooled features of every photo; ``size`` overrides the run's input side
+    (the network is convolutional up to a global pool)."""
+    from trainer.whiten import _pooled_features
+
     if size is not None:
         net = net.model_copy(update={"input": net.input.model_copy(update={"size": size})})
-    return {k: _pooled_features(model.encoder, v, net) for k, v in entries.items()}
+    return {k: _pooled_features(encoder, v, net) for k, v in entries.items()}
 
 
 def figures(feats: dict, dim: int, held: set[str]) -> dict[str, float]:
@@ -106,13 +113,19 @@ def main() -> int:
         ap.error(f"--sizes must be comma-separated whole pixel counts, got {a.sizes}")
     if any(s is not None and not 32 <= s <= 1024 for s in sizes):
         ap.error(f"--sizes must be from 32 to 1024 px, got {a.sizes}")
+    try:  # before the minutes of embedding, so a bad folder fails first
+        a.results.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        ap.error(f"--results {a.results}: {e.strerror}")
     rows = {}
     for b in blends:
+        t0 = time.monotonic()
+        encoder, run_net = blended_encoder(a.run, b, a.weights)  # once per blend, embedded at each size
         for size in sizes:
-            t0 = time.monotonic()
             key = f"{b:g}" + (f" at {size} px" if size else "")
-            rows[key] = {**figures(blended_features(a.run, b, entries, size, a.weights), net.embedding_size, held),
+            rows[key] = {**figures(pooled_at(encoder, run_net, entries, size), net.embedding_size, held),
                          "seconds": round(time.monotonic() - t0, 1)}
+            t0 = time.monotonic()
             print(json.dumps({key: rows[key]}), flush=True)
     stamp = time.strftime("%Y%m%d-%H%M%S") + (f"-{a.tag}" if a.tag else "")
     result = {"time": stamp, "run": str(a.run), "weights": a.weights, "epochs": run_rate(a.run)["epochs"],
