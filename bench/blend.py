@@ -41,14 +41,13 @@ from trainer.retrieval_metrics import retrieval_report  # noqa: E402
 
 
 def blended_encoder(run: Path, blend: float, weights: str = "best"):
-    """The run's encoder with its backbone blended toward ImageNet, and its
-    network config."""
+    """The run's encoder with its backbone blended toward ImageNet."""
     from trainer import checkpoint as ck
     from trainer.whiten import blend_backbone
 
-    model, net, _ = ck.load_model(run, weights, head=False)
+    model, _, _ = ck.load_model(run, weights, head=False)
     blend_backbone(model.encoder, blend)
-    return model.encoder, net
+    return model.encoder
 
 
 def pooled_at(encoder, net, entries: dict, size: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -120,10 +119,10 @@ def main() -> int:
     rows = {}
     for b in blends:
         t0 = time.monotonic()
-        encoder, run_net = blended_encoder(a.run, b, a.weights)  # once per blend, embedded at each size
+        encoder = blended_encoder(a.run, b, a.weights)  # once per blend, embedded at each size
         for size in sizes:
             key = f"{b:g}" + (f" at {size} px" if size else "")
-            rows[key] = {**figures(pooled_at(encoder, run_net, entries, size), net.embedding_size, held),
+            rows[key] = {**figures(pooled_at(encoder, net, entries, size), net.embedding_size, held),
                          "seconds": round(time.monotonic() - t0, 1)}
             t0 = time.monotonic()
             print(json.dumps({key: rows[key]}), flush=True)
