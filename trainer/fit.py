@@ -59,8 +59,9 @@ DEFAULT_BACKBONE = "lite0"
 # val_fraction: lite0 trains on every photo. Its held-out photos (5%, from the
 # training photos' sessions) were at mAP 0.95-0.98 half-way and 0.986-0.99 at
 # the end, so they picked late checkpoints by noise (best/last of a seed-1
-# run: val top-1 0.794/0.790); without them (30 min, 2-core AVX2, fp32) seed 0 named 0.848 against 0.841
-# and seed 1 0.831 against 0.794 (bench/results/retrieval-20261207-*-vf0-*).
+# run: val top-1 0.794/0.790); without them (30 min, 2-core AVX2, fp32)
+# seed 0 named 0.848 against 0.841 and seed 1 0.831 against 0.794
+# (bench/results/retrieval-20261207-*-vf0-*).
 # Scratch keeps 5% (not measured).
 BACKBONE_DEFAULTS: dict[str, dict[str, float | int | str]] = {
     "lite0": {"size": LITE0_INPUT.size, "lr": 2e-3, "backbone_lr": 0.5, "freeze": 5, "drop_path": 0.0,
