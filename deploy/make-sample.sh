@@ -6,8 +6,9 @@
 #     deterministic (deploy/make_sample.py: fixed products, photos, cut points).
 #  2. sample/bundle: the default encoder (EfficientNet-Lite0 from its ImageNet
 #     weights, 224 px) trained on the dataset's whole train split (81 products,
-#     about 15 minutes on a 2-core CPU with bf16), exported as INT8 ONNX (4.5 MB
-#     against 14 MB in fp32: every rebuild stays in git history) and indexed
+#     about 15 minutes on a 2-core CPU with bf16, 34 on a slow AVX2 one),
+#     exported as INT8 ONNX (4.5 MB against 14 MB in fp32: every rebuild
+#     stays in git history) and indexed
 #     with sample/catalogue only. Training is seeded and runs a fixed number of
 #     epochs; the bytes can still differ between machines and thread counts
 #     (floating-point order), the accuracy not much.

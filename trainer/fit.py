@@ -80,8 +80,10 @@ BACKBONE_DEFAULTS: dict[str, dict[str, float | int | str]] = {
 DEFAULT_RECON_SHARE = {"lite0": 0.25, "scratch": 1.0}
 # Epochs when neither --epochs nor --minutes is given. lite0: 12 epochs are
 # about 15 minutes on a 2-core CPU with bf16 (a 2.2-minute pool and 45.7
-# images/s in a 30-minute run there, 2026-12-07); the in-run validation top-1 (the
-# train split's held-back photos) was 0.98 from epoch 4 and 0.99 at the end.
+# images/s in a 30-minute run there, 2026-12-07) and took 34 on a slow 2-core
+# AVX2 one (val top-1 0.841, seed 0; bench/results/retrieval-20261207-123503-*);
+# the in-run validation top-1 (the train split's held-back photos, when there
+# were some) was 0.98 from epoch 4 and 0.99 at the end.
 DEFAULT_EPOCHS = {"lite0": 12.0, "scratch": 30.0}
 _SCRATCH_FLAGS = ("width", "depth", "blocks", "stem_stride", "head_channels", "colour_bins")
 _LITE0_FLAGS = ("cut", "freeze", "backbone_lr", "drop_path", "cache_views")
