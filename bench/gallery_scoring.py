@@ -14,7 +14,8 @@ every 4th product, each enrolled from its first 5 train photos):
 - the gallery as it is (the default), with mirror images added or averaged in,
   each photo's vector moved toward its product's mean direction by ``beta``
   ("smooth"; 100 is in effect the product's mean alone), or replaced by the
-  mean of its k nearest catalogue vectors (database-side augmentation, "dba");
+  mean of its k nearest catalogue vectors, itself among them (database-side
+  augmentation, "dba");
 - products scored by their best photo less their impostor statistics (Z-norm:
   the mean and spread of the best scores other products' catalogue photos get
   against them), or at the same quantile of every product's photo scores
