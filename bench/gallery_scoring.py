@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.retrieval import ENROL_PHOTOS, cpu_flags, first_photos, held_out_items  # noqa: E402
-from trainer.retrieval_metrics import retrieval_report  # noqa: E402
+from trainer.retrieval_metrics import retrieval_report, top_k_accuracy  # noqa: E402
 
 BLEND = 0.75
 
@@ -124,11 +124,11 @@ def class_max(sim: np.ndarray, glab: np.ndarray, classes: np.ndarray) -> np.ndar
     return np.stack([sim[:, glab == c].max(1) for c in classes], 1)
 
 
-def impostor_stats(gal: np.ndarray, glab: np.ndarray, classes: np.ndarray,
+def impostor_stats(cm: np.ndarray, glab: np.ndarray, classes: np.ndarray,
                    top: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Per product: mean and spread of the best score each other product's
-    photo gets against it (its ``top`` share of highest, or all)."""
-    cm = class_max(gal @ gal.T, glab, classes)
+    photo gets against it (its ``top`` share of highest, or all), from the
+    catalogue's own best scores per product ``cm`` (photos x products)."""
     mu, sd = [], []
     for j, c in enumerate(classes):
         v = cm[glab != c, j]
@@ -137,11 +137,6 @@ def impostor_stats(gal: np.ndarray, glab: np.ndarray, classes: np.ndarray,
         mu.append(v.mean())
         sd.append(v.std())
     return np.array(mu), np.array(sd)
-
-
-def _acc(score: np.ndarray, qlab: np.ndarray, classes: np.ndarray, k: int) -> float:
-    order = np.argsort(-score, 1)[:, :k]
-    return float(np.mean([q in classes[o] for q, o in zip(qlab, order, strict=True)]))
 
 
 def evaluate(feats: dict[str, np.ndarray], held: set[str]) -> dict[str, dict[str, float]]:
@@ -168,7 +163,7 @@ def evaluate(feats: dict[str, np.ndarray], held: set[str]) -> dict[str, dict[str
 
     def products(name: str, score: np.ndarray) -> None:
         parts = (("", np.ones(len(lva), bool)),) if not held else (("unseen_", q), ("trained_", ~q))
-        rows[name] = {f"{p}top{k}": round(_acc(score[m], lva[m], classes, k), 4) for p, m in parts for k in (1, 5)}
+        rows[name] = {f"{p}top{k}": round(top_k_accuracy(score[m], lva[m], classes, k), 4) for p, m in parts for k in (1, 5)}
 
     fits = {"clean": (ftr[~new], ltr[~new]),
             "clean + mirrored": (np.concatenate([ftr[~new], fm[~new]]), np.tile(ltr[~new], 2)),
@@ -190,8 +185,9 @@ def evaluate(feats: dict[str, np.ndarray], held: set[str]) -> dict[str, dict[str
             photos(f"head on {fit}; dba k={k}", eva, dba(etr, k), gl)
         if fit == "clean":
             cmx = class_max(eva @ etr.T, gl, classes)
+            own = class_max(etr @ etr.T, gl, classes)  # the catalogue against itself, once
             for top in (None, 0.1, 0.02):
-                mu, sd = impostor_stats(etr, gl, classes, top)
+                mu, sd = impostor_stats(own, gl, classes, top)
                 share = "all" if top is None else f"top {top:g}"
                 products(f"z-norm ({share} impostors)", (cmx - mu) / sd)
                 products(f"less impostor mean ({share})", cmx - mu)

@@ -8,10 +8,10 @@
 #     weights, 224 px) trained on the dataset's whole train split (81 products,
 #     about 15 minutes on a 2-core CPU with bf16, 34 on a slow AVX2 one),
 #     exported as INT8 ONNX (4.5 MB against 14 MB in fp32: every rebuild
-#     stays in git history) and indexed
-#     with sample/catalogue only. Training is seeded and runs a fixed number of
-#     epochs; the bytes can still differ between machines and thread counts
-#     (floating-point order), the accuracy not much.
+#     stays in git history) and indexed with sample/catalogue only. Training
+#     is seeded and runs a fixed number of epochs; the bytes can still differ
+#     between machines and thread counts (floating-point order), the accuracy
+#     not much.
 #     The shipped sample/bundle predates the whitened head (trainer/whiten.py):
 #     it carries the trained projection of the last weights (+0.03 val top-1
 #     is what the head adds; not rebuilt, to keep another 4.5 MB out of the
