@@ -11,13 +11,15 @@ from the graph. Rows, side by side in one run:
 - the TensorFlow "same" padding left as separate Pad nodes (the exporter's
   raw graph) against folded into the convolutions (what export ships);
 - INT8 (trainer.quantize, ONNX Runtime static quantization calibrated on
-  catalogue photos).
+  catalogue photos);
+- the whitened head's generalised-mean pooling (trainer/whiten.py, power 2)
+  against the plain average.
 
 With ``--run RUN_DIR`` (a trained lite0 run) the accuracy side too: val top-1
 against the train photos with the run's encoder in fp32 and in INT8, through
 ONNX Runtime, and the cosine between the two embeddings of each photo.
 
-    python bench/encoder_speed.py --run RUN_DIR [--threads 2]
+    python bench/encoder_speed.py --run RUN_DIR [--threads 2] [--cuts head --sizes 224]
 
 Writes bench/results/encoder-speed-<time>.md/.json.
 """
@@ -47,7 +49,7 @@ SIZES = (96, 128, 160, 192, 224)
 CUTS = ("stage5", "stage6", "head")
 
 
-def export_variant(cut: str, size: int, out: Path, fold: bool = True) -> NetConfig:
+def export_variant(cut: str, size: int, out: Path, fold: bool = True, pool_power: float = 1.0) -> NetConfig:
     """A Lite0 encoder with ImageNet weights (random projection) as ONNX."""
     import onnx
     import torch
@@ -60,6 +62,7 @@ def export_variant(cut: str, size: int, out: Path, fold: bool = True) -> NetConf
     torch.manual_seed(0)
     enc = Lite0Encoder(net).eval()
     init_lite0(enc.backbone)
+    enc.pool_power = pool_power
     if fold:
         out.write_bytes(export_onnx(enc, net, "bench"))
     else:
@@ -127,17 +130,27 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/grocery")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--results", type=Path, default=ROOT / "bench/results")
+    ap.add_argument("--cuts", default=",".join(CUTS), help="comma-separated cuts to time")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separated input sides to time")
     a = ap.parse_args()
+    cuts = [c for c in a.cuts.split(",") if c]
+    if not cuts or not set(cuts) <= set(CUTS):
+        ap.error(f"--cuts must be some of {','.join(CUTS)}, got {a.cuts}")
+    try:
+        sizes = [int(x) for x in a.sizes.split(",")]
+    except ValueError:
+        ap.error(f"--sizes must be comma-separated whole pixel counts, got {a.sizes}")
     import onnxruntime
 
     from trainer.quantize import quantize_int8
+    from trainer.whiten import DEFAULT_POOL_POWER
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         calib = calibration_images(a.data / "train", 64)
-        for cut in CUTS:
-            for size in SIZES:
+        for cut in cuts:
+            for size in sizes:
                 path = work / f"{cut}-{size}.onnx"
                 net = export_variant(cut, size, path)
                 rows.append({"cut": cut, "size": size, "variant": "fp32", **speed(path, net, a.threads)})
@@ -150,6 +163,11 @@ def main() -> int:
                     export_variant(cut, size, raw, fold=False)
                     rows.append({"cut": cut, "size": size, "variant": "fp32, Pad nodes not folded",
                                  **speed(raw, net, a.threads)})
+                    gem = work / f"{cut}-{size}-gem.onnx"
+                    export_variant(cut, size, gem, pool_power=DEFAULT_POOL_POWER)
+                    rows.append({"cut": cut, "size": size,
+                                 "variant": f"fp32, generalised-mean pooling (power {DEFAULT_POOL_POWER:g})",
+                                 **speed(gem, net, a.threads)})
                 print(json.dumps(rows[-1]), flush=True)
         acc = accuracy(a.run, a.data, work, a.threads) if a.run else None
     stamp = time.strftime("%Y%m%d-%H%M%S")

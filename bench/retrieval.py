@@ -197,6 +197,8 @@ def run_rate(run_dir: Path) -> dict:
     head = info.get("head", "projection")
     if head == "whitened" and info.get("blend", 1.0) != 1.0:
         head += f" on a {info['blend']:g} blend"
+    if head == "whitened" and info.get("pool_power", 1.0) != 1.0:
+        head += f", GeM {info['pool_power']:g}"
     pool = [m for m in lines if m.get("kind") == "pool"]
     return {"img_per_s": round(float(rates[-1]), 1) if rates else None,
             "epochs": round(state["step"] / max(1, state["steps_per_epoch"]), 1),

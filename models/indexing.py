@@ -82,6 +82,7 @@ class ExportInfo(BaseModel):
     precision: Literal["fp32", "int8"] = "fp32"
     head: Literal["projection", "whitened"] = "projection"  # trainer/whiten.py
     blend: float = Field(1.0, ge=0.0, le=1.0)  # share of the fine-tuned backbone (trainer/whiten.py)
+    pool_power: float = Field(1.0, ge=1.0)  # generalised-mean pooling, 1 = average (trainer/whiten.py)
     parity: dict[str, float | int | str] = {}
     created: str = ""
 

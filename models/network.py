@@ -7,7 +7,7 @@ metric applies):
 
 - ``Lite0Encoder`` (``backbone="lite0"``): EfficientNet-Lite0 (models.lite0)
   cut at ``cfg.cut``, started from its ImageNet weights (trainer.pretrained),
-  global average pooling and a linear projection to the embedding.
+  global pooling and a linear projection to the embedding.
 - ``ScratchEncoder`` (``backbone="scratch"``): a stem conv, then ``depth``
   stages of (stride-2 conv, residual blocks), pooling and a projection, from
   random weights: for catalogues where no pretrained model fits.
@@ -30,7 +30,21 @@ from torch import nn
 from models.lite0 import Lite0
 from models.netconfig import NetConfig
 
-__all__ = ["Encoder", "ScratchEncoder", "Lite0Encoder", "Decoder", "AutoEncoder", "build_encoder"]
+__all__ = ["Encoder", "ScratchEncoder", "Lite0Encoder", "Decoder", "AutoEncoder", "build_encoder", "gem",
+           "GEM_EPS"]
+
+GEM_EPS = 1e-6  # floor under the feature map before its power (ReLU output: zeros are common)
+
+
+def gem(fmap: torch.Tensor, power: float) -> torch.Tensor:
+    """Generalised-mean pooling of (N, C, H, W) to (N, C): ``mean(x ** p) ** (1 / p)``
+    per channel (Radenovic et al., TPAMI 2019). p = 1 is the average; a larger
+    p weighs each channel's strongest places more. In ONNX: Clip, Pow,
+    ReduceMean, Pow, Flatten."""
+    if power == 1.0:
+        return fmap.mean(dim=(2, 3))
+    # keepdim, then flatten: ReduceMean + Flatten in ONNX, no Squeeze
+    return fmap.clamp(min=GEM_EPS).pow(power).mean(dim=(2, 3), keepdim=True).pow(1.0 / power).flatten(1)
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
@@ -53,6 +67,9 @@ class Encoder(nn.Module):
 
     cfg: NetConfig
     proj: nn.Linear
+    # Training pools by the average; a whitened head may be fitted on another
+    # pooling (trainer/whiten.py), and trainer.checkpoint sets it with the head.
+    pool_power: float = 1.0
 
     @property
     def feature_channels(self) -> int:
@@ -63,7 +80,7 @@ class Encoder(nn.Module):
 
     def pooled(self, fmap: torch.Tensor) -> torch.Tensor:
         """The vector the projection maps to the embedding (trainer.whiten fits on it)."""
-        return fmap.mean(dim=(2, 3))
+        return gem(fmap, self.pool_power)
 
     def embed(self, fmap: torch.Tensor) -> torch.Tensor:
         """Un-normalised embedding from a feature map (for losses that want it)."""

@@ -88,7 +88,8 @@ def load_model(run_dir: str | Path, which: str = "best",
     """Rebuild the autoencoder of a run with its ``best`` or ``last`` weights;
     with ``head`` (the default) the whitened head replaces the trained
     projection when the run has one fitted on exactly these weights
-    (``model.embedding_head`` then says "whitened")."""
+    (``model.embedding_head`` then says "whitened", and the encoder pools as
+    the head was fitted)."""
     from trainer.whiten import HEAD_WEIGHTS
 
     run_dir = Path(run_dir)
@@ -107,6 +108,7 @@ def load_model(run_dir: str | Path, which: str = "best",
         _load_head(model, run_dir / HEAD_WEIGHTS)
         model.embedding_head = "whitened"
         model.embedding_blend = float(info.get("blend", 1.0))
+        model.encoder.pool_power = float(info.get("pool_power", 1.0))  # heads before it: the average
     model.eval()
     return model, net, run_id
 

@@ -45,7 +45,7 @@ OPSET = 17
 # use; Clip's min/max must be constants (tests/trainer/test_export_ops.py).
 TRT_OPS = frozenset({
     "Add", "Cast", "Clip", "Concat", "Constant", "Conv", "DequantizeLinear", "Div", "Expand", "Flatten",
-    "Gemm", "GlobalAveragePool", "MatMul", "Max", "Mul", "Pad", "QuantizeLinear", "ReduceL2",
+    "Gemm", "GlobalAveragePool", "MatMul", "Max", "Mul", "Pad", "Pow", "QuantizeLinear", "ReduceL2",
     "ReduceMean", "Relu", "Reshape", "Shape", "Sqrt", "Sub", "Transpose", "Unsqueeze",
 })
 MAX_ABS_DIFF = 1e-4
@@ -184,7 +184,7 @@ def export_run(run_dir: Path, out: Path, check_images: Path | None = None, force
         info = ExportInfo(run_id=run_id, embedding_size=net.embedding_size, input=net.input,
                           opset=OPSET, encoder_sha256=sha256_file(onnx_path), backbone=net.backbone,
                           precision="int8" if int8 else "fp32", head=model.embedding_head,
-                          blend=model.embedding_blend,
+                          blend=model.embedding_blend, pool_power=model.encoder.pool_power,
                           pretrained=pretrained if isinstance(pretrained, str) else None,
                           parity={**parity, "images": source}, created=utc_now_iso())
         atomic_write_bytes(stage / EXPORT_INFO, (info.model_dump_json(indent=2) + "\n").encode())

@@ -40,7 +40,7 @@ from trainer.distort import DEFAULT_KIOSK, DEFAULT_MIN_AREA, check_min_area, che
 from trainer.loop import LoopConfig, Trainer, TrainHooks
 from trainer.losses import OBJECTIVES
 from trainer.memory import keep_freed_memory
-from trainer.whiten import check_blend, default_blend
+from trainer.whiten import check_blend, check_pool_power, default_blend, default_pool_power
 
 __all__ = ["add_arguments", "run"]
 
@@ -213,6 +213,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="lite0 with the whitened head: fit the head on SHARE x the fine-tuned backbone + "
                         "(1 - SHARE) x its ImageNet weights (1 = as trained; default "
                         f"{default_blend('lite0')}); the run's own weights stay as trained")
+    p.add_argument("--pool-power", type=float, metavar="P",
+                   help="with the whitened head: fit it on the feature map pooled by its generalised mean "
+                        "(mean of x**P)**(1/P), the exported encoder pooling the same way (1 = the average "
+                        f"that training uses; default lite0 {default_pool_power('lite0'):g}, scratch 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -247,6 +251,11 @@ def _check_args(a: argparse.Namespace) -> None:
         check_blend(a.blend)
         if a.blend != 1.0 and (a.backbone != "lite0" or a.head != "whitened"):
             raise ConfigError(f"--blend {a.blend} needs --backbone lite0 and --head whitened")
+    if a.pool_power is not None:
+        check_pool_power(a.pool_power)
+        if a.pool_power != 1.0 and a.head != "whitened":
+            raise ConfigError(f"--pool-power {a.pool_power:g} needs --head whitened (the trained projection "
+                              "goes with the average pooling it was trained on)")
     if a.backbone_lr < 0:
         raise ConfigError(f"--backbone-lr must be >= 0, got {a.backbone_lr}")
     if a.recon_share is not None and not 0 < a.recon_share <= 1:
@@ -511,7 +520,7 @@ def _fit(args: argparse.Namespace, out: Path, cat, d: Dist) -> int:
         if args.head == "whitened":
             from trainer.whiten import fit_head
 
-            head = fit_head(out, args.catalogue, blend=args.blend)["head"]
+            head = fit_head(out, args.catalogue, blend=args.blend, pool_power=args.pool_power)["head"]
         print(json.dumps({"run_dir": str(out), "run_id": run_id, "step": step, "epochs": round(
             step / tr.steps_per_epoch, 2), "best_val_mAP": tr.best, "best_val_top1": tr.best_top1,
             "elapsed_s": round(tr.elapsed_before, 1), "head": head}))

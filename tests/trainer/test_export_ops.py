@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+from trainer_helpers import check_trt_parsable
 
 from models.bundle import read_manifest
 from models.indexing import EXPORT_INFO
@@ -39,31 +40,9 @@ def lite0_export(tmp_path_factory, tiny_catalogue):
     return root / "bundle", info, origin
 
 
-def _constant_names(model) -> set[str]:
-    names = {t.name for t in model.graph.initializer}
-    names |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return names
-
-
-def _check_trt_parsable(path) -> None:
-    from trainer.export import TRT_OPS
-
-    model = onnx.load(str(path))
-    ops = {n.op_type for n in model.graph.node}
-    assert ops <= TRT_OPS, ops - TRT_OPS
-    consts = _constant_names(model)
-    # explicit quantization: weights may come through a DequantizeLinear of an initialiser
-    consts |= {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in consts}
-    for n in model.graph.node:
-        if n.op_type == "Clip":
-            assert all(i in consts for i in n.input[1:] if i), f"Clip {n.name} has non-constant bounds"
-        if n.op_type in ("Conv", "Gemm"):
-            assert n.input[1] in consts, f"{n.op_type} {n.name}: weights must be an initialiser"
-
-
 def test_lite0_graph_is_trt_parsable_with_padding_folded(lite0_export):
     bundle, _, _ = lite0_export
-    _check_trt_parsable(bundle / "encoder.onnx")
+    check_trt_parsable(bundle / "encoder.onnx")
     model = onnx.load(str(bundle / "encoder.onnx"))
     ops = [n.op_type for n in model.graph.node]
     assert "Pad" not in ops and ops.count("Conv") == 49
@@ -73,7 +52,7 @@ def test_lite0_graph_is_trt_parsable_with_padding_folded(lite0_export):
 
 
 def test_scratch_graph_is_trt_parsable(tiny_bundle):
-    _check_trt_parsable(tiny_bundle / "encoder.onnx")
+    check_trt_parsable(tiny_bundle / "encoder.onnx")
 
 
 def test_lite0_export_parity_and_provenance(lite0_export, tiny_catalogue):
@@ -104,7 +83,7 @@ def test_int8_export_is_a_trt_parsable_qdq_graph_close_to_pytorch(lite0_export, 
     run = lite0_export[0].parent / "run"
     info = export_run(run, tmp_path / "int8", check_images=tiny_catalogue, int8=True)
     path = tmp_path / "int8" / "encoder.onnx"
-    _check_trt_parsable(path)
+    check_trt_parsable(path)
     model = onnx.load(str(path))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 40 and ops.count("Conv") == 49

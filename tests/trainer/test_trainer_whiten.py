@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from support import make_product_photos
-from trainer_helpers import fit
+from trainer_helpers import check_trt_parsable, fit
 
 from models.catalogue import iter_images, load_catalogue
 from models.preprocess import preprocess_batch
@@ -202,12 +202,53 @@ def test_the_head_blends_the_trained_stages_with_imagenet_and_keeps_the_run_as_t
 
 
 def test_export_of_a_blended_head_passes_parity_and_records_the_blend(lite0_run, tmp_path):
-    from trainer.whiten import DEFAULT_BLEND
+    import onnx
+
+    from trainer.whiten import DEFAULT_BLEND, DEFAULT_POOL_POWER
 
     _, run = lite0_run
     assert main(["export", str(run), "--out", str(tmp_path / "b")]) == 0
     info = json.loads((tmp_path / "b" / "export.json").read_text())
     assert info["head"] == "whitened" and info["blend"] == DEFAULT_BLEND
+    assert info["pool_power"] == DEFAULT_POOL_POWER > 1     # generalised-mean pooling, in the graph too
+    check_trt_parsable(tmp_path / "b" / "encoder.onnx")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "b" / "encoder.onnx")).graph.node]
+    assert ops.count("Pow") == 2 and "GlobalAveragePool" not in ops
+
+
+def test_int8_export_of_a_generalised_mean_head_stays_close_and_parsable(lite0_run, tmp_path):
+    cat, run = lite0_run
+    assert main(["export", str(run), "--out", str(tmp_path / "q"), "--int8"]) == 0
+    info = json.loads((tmp_path / "q" / "export.json").read_text())
+    assert info["precision"] == "int8" and info["pool_power"] > 1 and info["parity"]["min_cosine"] >= 0.97
+    check_trt_parsable(tmp_path / "q" / "encoder.onnx")
+
+
+def test_the_head_pools_as_it_was_fitted_and_older_heads_pool_by_the_average(lite0_run, tmp_path):
+    import shutil
+
+    from models.network import gem
+    from trainer.whiten import DEFAULT_POOL_POWER
+
+    _, run = lite0_run
+    assert json.loads((run / HEAD_INFO).read_text())["pool_power"] == DEFAULT_POOL_POWER
+    model, _, _ = load_model(run)
+    assert model.encoder.pool_power == DEFAULT_POOL_POWER
+    assert load_model(run, head=False)[0].encoder.pool_power == 1.0   # training pools by the average
+    fmap = torch.rand(2, 5, 3, 3) * 6
+    p = DEFAULT_POOL_POWER
+    torch.testing.assert_close(model.encoder.pooled(fmap), (fmap ** p).mean(dim=(2, 3)) ** (1 / p))
+    torch.testing.assert_close(gem(fmap, 1.0), fmap.mean(dim=(2, 3)))
+    assert torch.all(gem(fmap, 3.0) > gem(fmap, 2.0)) and torch.all(gem(fmap, 2.0) > fmap.mean(dim=(2, 3)))
+    assert torch.all(gem(fmap, 3.0) < fmap.amax(dim=(2, 3)))
+    old = tmp_path / "run"
+    shutil.copytree(run, old)
+    info = json.loads((old / HEAD_INFO).read_text())
+    del info["pool_power"]                                  # a head.json written before the option
+    (old / HEAD_INFO).write_text(json.dumps(info))
+    assert load_model(old)[0].encoder.pool_power == 1.0
+    assert main(["head", str(old), "--pool-power", "1"]) == 0
+    assert json.loads((old / HEAD_INFO).read_text())["pool_power"] == 1.0
 
 
 def test_blend_one_is_the_run_as_trained(lite0_run, tmp_path, capsys):
@@ -228,6 +269,8 @@ def test_blend_one_is_the_run_as_trained(lite0_run, tmp_path, capsys):
 @pytest.mark.parametrize("args,needle", [
     (["--blend", "1.5"], "--blend must be from 0 to 1"),
     (["--blend", "0.5", "--head", "projection"], "--blend 0.5 needs --backbone lite0 and --head whitened"),
+    (["--pool-power", "0.5"], "--pool-power must be from 1 (the average) to 8, got 0.5"),
+    (["--pool-power", "3", "--head", "projection"], "--pool-power 3 needs --head whitened"),
 ])
 def test_bad_blend_flags_are_one_line(tiny_catalogue, tmp_path, capsys, args, needle):
     out = tmp_path / "run"
