@@ -197,7 +197,7 @@ def run_rate(run_dir: Path) -> dict:
     head = info.get("head", "projection")
     if head == "whitened" and info.get("blend", 1.0) != 1.0:
         head += f" on a {info['blend']:g} blend"
-    if head == "whitened" and info.get("pool_power", 1.0) != 1.0:
+    if info.get("head") == "whitened" and info.get("pool_power", 1.0) != 1.0:
         head += f", GeM {info['pool_power']:g}"
     pool = [m for m in lines if m.get("kind") == "pool"]
     return {"img_per_s": round(float(rates[-1]), 1) if rates else None,

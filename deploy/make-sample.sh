@@ -15,8 +15,8 @@
 #     The shipped sample/bundle predates the whitened head (trainer/whiten.py):
 #     it carries the trained projection of the last weights (+0.03 val top-1
 #     is what the head adds; not rebuilt, to keep another 4.5 MB out of the
-#     history). This script builds it with the head and its ImageNet blend
-#     (--blend), as `trainer fit` does now.
+#     history). This script builds it with the head, its ImageNet blend
+#     (--blend) and its GeM pooling (--pool-power), as `trainer fit` does now.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
