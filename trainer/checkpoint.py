@@ -90,7 +90,7 @@ def load_model(run_dir: str | Path, which: str = "best",
     projection when the run has one fitted on exactly these weights
     (``model.embedding_head`` then says "whitened", and the encoder pools as
     the head was fitted)."""
-    from trainer.whiten import HEAD_WEIGHTS
+    from trainer.whiten import HEAD_INFO, HEAD_WEIGHTS
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -108,7 +108,7 @@ def load_model(run_dir: str | Path, which: str = "best",
         _load_head(model, run_dir / HEAD_WEIGHTS)
         model.embedding_head = "whitened"
         model.embedding_blend = float(info.get("blend", 1.0))
-        model.encoder.pool_power = float(info.get("pool_power", 1.0))  # heads before it: the average
+        model.encoder.pool_power = _pool_power(info, run_dir / HEAD_INFO)
     model.eval()
     return model, net, run_id
 
@@ -129,6 +129,16 @@ def fitted_head(run_dir: Path, which: str = "best") -> dict | None:
         log.warning("%s: fitted on other weights than %s; using the trained projection "
                     "(refit with `trainer head %s`)", run_dir / HEAD_WEIGHTS, weights.name, run_dir)
     return None
+
+
+def _pool_power(info: dict, path: Path) -> float:
+    """The head's pooling power (heads fitted before the option pool by the average)."""
+    from trainer.whiten import MAX_POOL_POWER
+
+    p = info.get("pool_power", 1.0)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 1.0 <= p <= MAX_POOL_POWER:
+        raise RunError(f"{path}: pool_power {p!r} is not from 1 to {MAX_POOL_POWER:g} (refit with `trainer head`)")
+    return float(p)
 
 
 def head_fits(run_dir: Path, which: str = "best") -> bool:

@@ -67,7 +67,7 @@ from models.bundle import sha256_file
 
 __all__ = ["Whitening", "fit_whitening", "min_photos", "HEAD_WEIGHTS", "HEAD_INFO", "SHRINK",
            "fit_head", "DEFAULT_BLEND", "blend_backbone", "check_blend", "default_blend",
-           "DEFAULT_POOL_POWER", "check_pool_power", "default_pool_power"]
+           "DEFAULT_POOL_POWER", "MAX_POOL_POWER", "check_pool_power", "default_pool_power"]
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from trainer_helpers import check_trt_parsable, fit
 
 from models.catalogue import iter_images, load_catalogue
 from models.preprocess import preprocess_batch
-from trainer.checkpoint import head_fits, load_model
+from trainer.checkpoint import RunError, head_fits, load_model
 from trainer.cli import main
 from trainer.whiten import HEAD_INFO, HEAD_WEIGHTS, fit_whitening, min_photos
 
@@ -247,6 +247,10 @@ def test_the_head_pools_as_it_was_fitted_and_older_heads_pool_by_the_average(lit
     del info["pool_power"]                                  # a head.json written before the option
     (old / HEAD_INFO).write_text(json.dumps(info))
     assert load_model(old)[0].encoder.pool_power == 1.0
+    for bad in (0.5, "2", None, 1e9):
+        (old / HEAD_INFO).write_text(json.dumps({**info, "pool_power": bad}))
+        with pytest.raises(RunError, match="pool_power"):
+            load_model(old)
     assert main(["head", str(old), "--pool-power", "1"]) == 0
     assert json.loads((old / HEAD_INFO).read_text())["pool_power"] == 1.0
 
