@@ -60,6 +60,17 @@ def pooled_at(encoder, net, entries: dict, size: int | None = None) -> dict[str,
     return {k: _pooled_features(encoder, v, net) for k, v in entries.items()}
 
 
+def parse_blends(ap: argparse.ArgumentParser, text: str) -> list[float]:
+    """``--blends``: comma-separated shares from 0 to 1 (a bad one is a usage error)."""
+    try:
+        blends = [float(b) for b in text.split(",")]
+    except ValueError:
+        ap.error(f"--blends must be comma-separated shares, got {text}")
+    if any(not 0 <= b <= 1 for b in blends):
+        ap.error(f"--blends must be shares from 0 to 1, got {text}")
+    return blends
+
+
 def figures(feats: dict, dim: int, held: set[str]) -> dict[str, float]:
     from trainer.whiten import fit_whitening
 
@@ -98,9 +109,7 @@ def main() -> int:
     from models.catalogue import load_catalogue
     from trainer import checkpoint as ck
 
-    blends = [float(b) for b in a.blends.split(",")]
-    if any(not 0 <= b <= 1 for b in blends):
-        ap.error(f"--blends must be shares from 0 to 1, got {a.blends}")
+    blends = parse_blends(ap, a.blends)
     _, net, _ = ck.read_config(a.run)
     if net.backbone != "lite0":
         ap.error(f"{a.run}: backbone {net.backbone}; blending needs lite0")

@@ -32,59 +32,33 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.blend import blended_encoder, figures  # noqa: E402
+from bench.blend import blended_encoder, figures, parse_blends  # noqa: E402
 from bench.retrieval import cpu_flags, held_out_items, run_rate  # noqa: E402
 from models.network import GEM_EPS  # noqa: E402
 
 POOLINGS = ("average", "gem 2", "gem 3", "gem 4", "max")
 
 
-def pool_all(fmap, names=POOLINGS) -> dict[str, np.ndarray]:
-    """(B, C, H, W) feature map -> {pooling: (B, C)}."""
+def pool_all(fmap):
+    """(B, C, H, W) feature map -> (B, len(POOLINGS) * C): every pooling, side by side."""
     import torch
 
     from models.network import gem
 
-    out = {}
-    for name in names:
-        v = fmap.amax(dim=(2, 3)) if name == "max" else gem(fmap, 1.0 if name == "average" else float(name.split()[1]))
-        out[name] = v.to(torch.float32).numpy()
-    return out
-
-
-def split_features(encoder, net, entries) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{pooling: (features, labels)} of one split's photos, in one pass."""
-    import torch
-
-    from models.catalogue import iter_images
-    from models.preprocess import preprocess
-
-    chunks: dict[str, list] = {name: [] for name in POOLINGS}
-    labels: list[str] = []
-    batch: list[np.ndarray] = []
-
-    def flush() -> None:
-        x = torch.from_numpy(np.stack(batch)).contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            for name, v in pool_all(encoder.feature_map(x)).items():
-                chunks[name].append(v)
-        batch.clear()
-
-    for e, img in iter_images(entries):
-        batch.append(preprocess(img, net.input))
-        labels.append(e.item_id)
-        if len(batch) == 64:
-            flush()
-    if batch:
-        flush()
-    return {name: (np.concatenate(chunks[name]), np.array(labels, dtype=object)) for name in POOLINGS}
+    return torch.cat([fmap.amax(dim=(2, 3)) if name == "max" else
+                      gem(fmap, 1.0 if name == "average" else float(name.split()[1])) for name in POOLINGS], 1)
 
 
 def pooled_features(encoder, net, entries: dict) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """{pooling: {split: (features, labels)}}."""
-    encoder.eval()
-    per_split = {split: split_features(encoder, net, ents) for split, ents in entries.items()}
-    return {name: {split: f[name] for split, f in per_split.items()} for name in POOLINGS}
+    """{pooling: {split: (features, labels)}}, one pass over each split's photos."""
+    from trainer.whiten import _pooled_features
+
+    out: dict[str, dict] = {name: {} for name in POOLINGS}
+    for split, ents in entries.items():
+        feats, labels = _pooled_features(encoder, ents, net, pool=pool_all)
+        for name, part in zip(POOLINGS, np.split(feats, len(POOLINGS), axis=1), strict=True):
+            out[name][split] = (part, labels)
+    return out
 
 
 def main() -> int:
@@ -99,12 +73,7 @@ def main() -> int:
     from models.catalogue import load_catalogue
     from trainer import checkpoint as ck
 
-    try:
-        blends = [float(b) for b in a.blends.split(",")]
-    except ValueError:
-        ap.error(f"--blends must be comma-separated shares, got {a.blends}")
-    if any(not 0 <= b <= 1 for b in blends):
-        ap.error(f"--blends must be shares from 0 to 1, got {a.blends}")
+    blends = parse_blends(ap, a.blends)
     _, net, _ = ck.read_config(a.run)
     if net.backbone != "lite0":
         ap.error(f"{a.run}: backbone {net.backbone}; this compares Lite0 poolings")

@@ -236,22 +236,24 @@ def fit_head(run_dir: Path, catalogue: str | Path | None = None, blend: float | 
     return info
 
 
-def _pooled_features(encoder, entries, net) -> tuple[np.ndarray, np.ndarray]:
+def _pooled_features(encoder, entries, net, pool=None) -> tuple[np.ndarray, np.ndarray]:
     """The vectors the projection sees (pooled backbone features), for every
-    readable photo, preprocessed exactly as for the index."""
+    readable photo, preprocessed exactly as for the index; ``pool`` (feature
+    map -> vectors) replaces ``encoder.pooled`` (bench/pooling.py)."""
     import torch
 
     from models.catalogue import iter_images
     from models.preprocess import preprocess
 
     encoder.eval()
+    pool = pool or encoder.pooled
     feats, labels, batch, batch_labels = [], [], [], []
 
     def flush() -> None:
         if batch:
             with torch.no_grad():
                 x = torch.from_numpy(np.stack(batch)).contiguous(memory_format=torch.channels_last)
-                feats.append(encoder.pooled(encoder.feature_map(x)).float().numpy())
+                feats.append(pool(encoder.feature_map(x)).float().numpy())
             labels.extend(batch_labels)
             batch.clear()
             batch_labels.clear()
