@@ -138,13 +138,14 @@ class _Stamp:
         return self.t
 
 
-def replay(matcher: Any, frames: list[Recorded], params: Any, top_k: int = 5
+def replay(matcher: Any, frames: list[Recorded], params: Any
            ) -> tuple[list[tuple[int, str]], list[int], int, int]:
     """The tracker with ``params`` over recorded frames: (events as (frame_index,
-    item), frame at which each was published, unknown presentations, views encoded)."""
-    from edge_runtime.presentation import PresentationTracker
+    item), frame at which each was published, unknown presentations, views encoded).
+    Searches return as many items as the kiosk's do (LEAD_ITEMS: the lead's spread)."""
+    from edge_runtime.presentation import LEAD_ITEMS, PresentationTracker
 
-    tracker = PresentationTracker(params, lambda v: matcher.search(v[None], top_k=top_k)[0])
+    tracker = PresentationTracker(params, lambda v: matcher.search(v[None], top_k=LEAD_ITEMS)[0])
     events, published, used = [], [], [0]
     for r in frames:
         def embed(r: Recorded = r) -> np.ndarray:

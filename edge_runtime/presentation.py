@@ -60,8 +60,11 @@ from edge_runtime.decision import is_reserved
 # behind it: a product turned, or half lowered out of view, often names a
 # neighbour but keeps itself close behind.
 SWAP_GAP = 0.5
+# How many best items the lead's spread runs over, (s1 - s2) / (s1 - s10):
+# every search the tracker decides on must return at least this many.
+LEAD_ITEMS = 10
 
-__all__ = ["PresentationParams", "FrameObs", "Outcome", "PresentationTracker", "box_shift",
+__all__ = ["LEAD_ITEMS", "PresentationParams", "FrameObs", "Outcome", "PresentationTracker", "box_shift",
            "signature"]
 
 
@@ -227,7 +230,7 @@ class PresentationTracker:
         if is_reserved(top.item_id) or top.score < self.p.threshold:
             return None
         if len(matches) > 1 and lead > 0:
-            spread = top.score - matches[min(9, len(matches) - 1)].score
+            spread = top.score - matches[min(LEAD_ITEMS, len(matches)) - 1].score
             if spread <= 0 or (top.score - matches[1].score) < lead * spread:
                 return None
         return str(top.item_id)
@@ -334,7 +337,7 @@ def signature(view: np.ndarray, side: int = 8) -> np.ndarray:
 def _far_behind(matches: Sequence[Any], item: str | None) -> bool:
     """``item`` trails the best match by at least SWAP_GAP of the spread of the
     (up to) ten best scores, or is not among them."""
-    ranked = list(matches[:10])
+    ranked = list(matches[:LEAD_ITEMS])
     mine = next((m for m in ranked if m.item_id == item), None)
     if mine is None:
         return True

@@ -30,6 +30,7 @@ import numpy as np
 from edge_runtime.framing import Box, crop_views, sharpness, square_box
 from edge_runtime.presence import SceneModel, SceneState
 from edge_runtime.presentation import (
+    LEAD_ITEMS,
     FrameObs,
     Outcome,
     PresentationParams,
@@ -93,7 +94,7 @@ class Presenter:
     def _search(self, vec: np.ndarray) -> list[Any]:
         """Ranked items for an aggregate: at least ten, for the tracker's lead
         (events list ``top_k`` of them)."""
-        self._last = tuple(self._matcher.search(vec[None], top_k=max(self.top_k, 10))[0])
+        self._last = tuple(self._matcher.search(vec[None], top_k=max(self.top_k, LEAD_ITEMS))[0])
         return list(self._last)
 
     def _steady(self, box: Box | None) -> bool:
