@@ -95,6 +95,20 @@ def figures(feats: dict, dim: int, held: set[str]) -> dict[str, float]:
     return out
 
 
+def write_report(base: Path, result: dict, first: str, title: str) -> None:
+    """``base``.json (``result``) and ``base``.md: ``title`` with the CPU, then
+    ``result["rows"]`` as a table of figures()' columns, first column ``first``."""
+    cols = ["unseen_top1", "unseen_top5", "trained_top1", "trained_top5"] if result["unseen"] else ["top1", "top5", "mAP"]
+    flags = ", ".join(k for k, v in result["cpu_flags"].items() if v) or "unknown"
+    md = [f"{title}; {result['cpu_count']} CPU cores, flags: {flags}).", "",
+          f"| {first} | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
+          "|---|" + "---|" * len(cols)]
+    md += [f"| {k} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |" for k, r in result["rows"].items()]
+    Path(f"{base}.json").write_text(json.dumps(result, indent=2) + "\n")  # a tag may hold a dot
+    Path(f"{base}.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="a Lite0 run folder written by `trainer fit`")
@@ -138,18 +152,10 @@ def main() -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S") + (f"-{a.tag}" if a.tag else "")
     result = {"time": stamp, "run": str(a.run), "weights": a.weights, "epochs": run_rate(a.run)["epochs"],
               "unseen": a.unseen, "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(), "rows": rows}
-    cols = ["unseen_top1", "unseen_top5", "trained_top1", "trained_top5"] if a.unseen else ["top1", "top5", "mAP"]
-    flags = ", ".join(k for k, v in result["cpu_flags"].items() if v) or "unknown"
-    md = [f"Blend of the fine-tuned backbone with its ImageNet start, whitened head refitted at each "
-          f"(run {a.run.name}, {a.weights} weights, {result['epochs']} epochs"
-          f"{', trained without every 4th product' if a.unseen else ''}; "
-          f"{os.cpu_count()} CPU cores, flags: {flags}).", "",
-          "| blend | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
-          "|---|" + "---|" * len(cols)]
-    md += [f"| {b} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |" for b, r in rows.items()]
-    (a.results / f"blend-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (a.results / f"blend-{stamp}.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_report(a.results / f"blend-{stamp}", result, "blend",
+                 f"Blend of the fine-tuned backbone with its ImageNet start, whitened head refitted at each "
+                 f"(run {a.run.name}, {a.weights} weights, {result['epochs']} epochs"
+                 f"{', trained without every 4th product' if a.unseen else ''}")
     return 0
 
 

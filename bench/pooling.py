@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.blend import blended_encoder, figures, parse_blends  # noqa: E402
+from bench.blend import blended_encoder, figures, parse_blends, write_report  # noqa: E402
 from bench.retrieval import cpu_flags, held_out_items, run_rate  # noqa: E402
 from models.network import GEM_EPS  # noqa: E402
 
@@ -95,17 +95,10 @@ def main() -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S") + (f"-{a.tag}" if a.tag else "")
     result = {"time": stamp, "run": str(a.run), "epochs": run_rate(a.run)["epochs"], "unseen": a.unseen,
               "gem_eps": GEM_EPS, "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(), "rows": rows}
-    cols = ["unseen_top1", "unseen_top5", "trained_top1", "trained_top5"] if a.unseen else ["top1", "top5", "mAP"]
-    flags = ", ".join(k for k, v in result["cpu_flags"].items() if v) or "unknown"
-    md = [f"Pooling of the last feature map, whitened head refitted at each (run {a.run.parent.name}/{a.run.name}, "
-          f"{result['epochs']} epochs{', trained without every 4th product' if a.unseen else ''}; "
-          f"{os.cpu_count()} CPU cores, flags: {flags}).", "",
-          "| blend, pooling | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
-          "|---|" + "---|" * len(cols)]
-    md += [f"| {k} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |" for k, r in rows.items()]
-    (a.results / f"pooling-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (a.results / f"pooling-{stamp}.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_report(a.results / f"pooling-{stamp}", result, "blend, pooling",
+                 f"Pooling of the last feature map, whitened head refitted at each (run "
+                 f"{a.run.parent.name}/{a.run.name}, {result['epochs']} epochs"
+                 f"{', trained without every 4th product' if a.unseen else ''}")
     return 0
 
 
